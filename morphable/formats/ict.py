@@ -1,0 +1,146 @@
+"""ICT-FaceKit (MIT) loader: a folder of OBJ morph targets -> :class:`MorphableModel`.
+
+Layout (``FaceXModel/``): ``generic_neutral_mesh.obj`` (v, vt, f), ``identity000..099.obj`` and
+one OBJ per expression (``v`` lines only in the trimmed copy, full meshes upstream), and
+``vertex_indices.json`` (expression order, 68 landmark vertex ids). Coordinates are centimetres,
++y up, +z out of the face, +x subject's left; converted here to millimetres (x10).
+
+Identity targets are PCA modes already scaled to unit-variance weights (the upstream loader draws
+identity weights from N(0, 1)), so the shape basis is ``identity_i - neutral`` with std 1.
+Expressions are blendshapes with weights in [0, 1].
+
+trimesh is not used for the OBJs: it re-indexes vertices at UV seams and loads ``v``-only files as
+point clouds; only ``v``/``vt``/``f`` lines are read, keeping the upstream vertex order.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelFormatError, ModelNotFoundError
+from ..model import ModelInfo, MorphableModel
+
+#: Vertex-prefix regions of the upstream mesh (README of ICT-FaceKit): name -> vertex count.
+REGIONS = {"narrow": 6706, "face": 9409, "head": 11248, "full": 26719}
+
+#: Jaw outline candidates from the upstream README (subject's right = image-left side in a
+#: frontal view, iBUG 0..7; subject's left, iBUG 9..16).
+RIGHT_JAW_EXTENDED = [1280, 1278, 1275, 1272, 1248, 12, 820, 1834, 1902, 243, 844, 781, 1673, 2199, 801, 1447, 800]
+LEFT_JAW_EXTENDED = [3041, 3661, 3042, 4390, 3880, 3022, 3085, 2484, 4102, 4036, 3061, 2253, 3466, 3490, 3493, 3496, 3498]
+
+LICENCE = "MIT, Copyright (c) 2020 USC Institute for Creative Technologies (ICT-FaceKit)"
+CM_TO_MM = 10.0
+
+
+def _read_obj(path: Path, want_faces: bool = False):
+    """Read ``v`` (and optionally ``vt``/``f``) lines of an OBJ. Returns (V (N,3), VT, faces)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"{path}: missing ICT-FaceKit file; the folder must hold every OBJ of FaceXModel/") from None
+    v, vt, faces = [], [], []
+    for line in data.splitlines():
+        if line.startswith(b"v "):
+            v.append(line[2:])
+        elif want_faces and line.startswith(b"vt "):
+            vt.append(line[3:])
+        elif want_faces and line.startswith(b"f "):
+            faces.append(line[2:].split())
+    try:
+        V = np.array(b" ".join(v).split(), dtype=np.float64).reshape(-1, 3)
+        VT = np.array(b" ".join(vt).split(), dtype=np.float64).reshape(-1, 2) if vt else np.zeros((0, 2))
+    except ValueError:
+        raise ModelFormatError(f"{path}: malformed 'v'/'vt' lines (truncated or not an OBJ file)") from None
+    return V, VT, faces
+
+
+def load_ict(folder: str | os.PathLike, region: str = "face", n_shape: int | None = None,
+             expressions: str = "listed") -> MorphableModel:
+    """Load an ICT-FaceKit ``FaceXModel`` folder (trimmed 11,248-vertex copy or full release).
+
+    Args:
+        folder: the ``FaceXModel`` directory (or its parent).
+        region: ``"narrow"`` (6,706 v), ``"face"`` (9,409 v, default), ``"head"`` (face + head and
+            neck, 11,248 v) or ``"full"`` (all vertices present in the files).
+        n_shape: keep the first ``n_shape`` identity modes (default all 100).
+        expressions: ``"listed"`` = the 53 of ``vertex_indices.json`` (upstream order).
+
+    Returns:
+        MorphableModel in millimetres with PCA shape (std 1) and blendshape expressions in [0, 1].
+    """
+    folder = Path(folder)
+    if (folder / "FaceXModel").is_dir():
+        folder = folder / "FaceXModel"
+    if not folder.is_dir():
+        raise ModelNotFoundError(
+            f"{folder}: no ICT-FaceKit folder. Get FaceXModel/ from github.com/ICT-VGL/ICT-FaceKit (MIT) "
+            "and pass its path, or set MORPHABLE_ICT_DIR")
+    if region not in REGIONS:
+        raise ModelFormatError(f"unknown ICT region {region!r}; choose one of {sorted(REGIONS)}")
+    idx_file = folder / "vertex_indices.json"
+    try:
+        meta = json.loads(idx_file.read_text())
+        names = list(meta["expressions"])
+        lms = np.asarray(meta["idx_to_landmark_verts"], dtype=np.int64)
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"{idx_file}: missing; copy vertex_indices.json from ICT-FaceKit FaceXModel/") from None
+    except (ValueError, KeyError) as e:
+        raise ModelFormatError(f"{idx_file}: not ICT-FaceKit's vertex_indices.json ({e})") from None
+    if lms.shape != (68,):
+        raise ModelFormatError(f"{idx_file}: expected 68 landmark vertex ids, got {lms.shape}")
+
+    neutral, vt, faces = _read_obj(folder / "generic_neutral_mesh.obj", want_faces=True)
+    n_avail = neutral.shape[0]
+    N = n_avail if region == "full" else REGIONS[region]
+    if n_avail < N:
+        raise ModelFormatError(f"{folder}: neutral mesh has {n_avail} vertices, region {region!r} needs {N}")
+    if not faces:
+        raise ModelFormatError(f"{folder / 'generic_neutral_mesh.obj'}: no 'f' lines; the neutral mesh must carry the topology")
+
+    # faces: quads/triangles "v/vt[/vn]" 1-based; fan-triangulate, keep those inside the region.
+    corner_v, corner_vt, tris = [], [], []
+    for f in faces:
+        ids = [tok.split(b"/") for tok in f]
+        vi = [int(t[0]) - 1 for t in ids]
+        ti = [int(t[1]) - 1 if len(t) > 1 and t[1] else -1 for t in ids]
+        corner_v.extend(vi)
+        corner_vt.extend(ti)
+        for k in range(1, len(vi) - 1):
+            tris.append((vi[0], vi[k], vi[k + 1]))
+    tris = np.asarray(tris, dtype=np.int64)
+    tris = tris[(tris < N).all(1)]
+    # one UV per vertex (first corner that names it; seams get one side)
+    uv = np.zeros((N, 2))
+    cv, ct = np.asarray(corner_v), np.asarray(corner_vt)
+    ok = (cv < N) & (ct >= 0) & (ct < len(vt))
+    if ok.any():
+        uv[cv[ok][::-1], :] = vt[ct[ok][::-1]]
+
+    def target(name: str) -> np.ndarray:
+        V, _, _ = _read_obj(folder / f"{name}.obj")
+        if V.shape[0] < N:
+            raise ModelFormatError(f"{folder / (name + '.obj')}: has {V.shape[0]} vertices, expected at least {N} (truncated file?)")
+        return V[:N] - neutral[:N]
+
+    ids = sorted(p.stem for p in folder.glob("identity*.obj"))
+    if not ids:
+        raise ModelNotFoundError(f"{folder}: no identityNNN.obj files; the ICT-FaceKit folder is incomplete")
+    if n_shape is not None:
+        ids = ids[:n_shape]
+    S = np.stack([target(n) for n in ids], -1) * CM_TO_MM
+    E = np.stack([target(n) for n in names], -1) * CM_TO_MM
+    lm_ok = lms < N
+    if not lm_ok.all():
+        raise ModelFormatError(f"region {region!r} does not contain all 68 landmark vertices")
+    cr = [i for i in RIGHT_JAW_EXTENDED if i < N]
+    cl = [i for i in LEFT_JAW_EXTENDED if i < N]
+    info = ModelInfo(name=f"ict-facekit-{region}", source=str(folder), licence=LICENCE, units="mm",
+                     shape_kind="pca", expr_kind="blendshape", expression_names=names)
+    Ke = E.shape[-1]
+    return MorphableModel(neutral[:N] * CM_TO_MM, S, E, tris, lms, info,
+                          shape_std=np.ones(S.shape[-1]), expr_std=np.ones(Ke),
+                          expr_lower=np.zeros(Ke), expr_upper=np.ones(Ke),
+                          contour_right=cr, contour_left=cl, uv=uv)

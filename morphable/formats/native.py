@@ -1,0 +1,73 @@
+"""morphable's native model file: one HDF5 file (h5py), lossless, versioned.
+
+Layout (format_version 1): root attributes ``format = "morphable-model"``, ``format_version``,
+``name``, ``source``, ``licence``, ``units``, ``shape_kind``, ``expr_kind``,
+``expression_names`` (JSON list); datasets named as the :class:`MorphableModel` buffers
+(``mean``, ``shape_basis``, ``expr_basis``, ``shape_std``, ``expr_std``, ``expr_lower``,
+``expr_upper``, ``triangles``, ``landmarks``, ``contour_right``, ``contour_left``, ``uv``).
+Reading never evaluates anything from the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelFormatError, ModelNotFoundError
+from ..model import ModelInfo, MorphableModel
+
+FORMAT = "morphable-model"
+FORMAT_VERSION = 1
+_BUFFERS = ("mean", "shape_basis", "expr_basis", "shape_std", "expr_std", "expr_lower", "expr_upper",
+            "triangles", "landmarks", "contour_right", "contour_left", "uv")
+
+
+def save_native(model: MorphableModel, path: str | os.PathLike) -> Path:
+    """Write ``model`` to ``path`` (.h5) atomically (temp file, then rename). Returns the path."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        i = model.info
+        for k in ("name", "source", "licence", "units", "shape_kind", "expr_kind"):
+            f.attrs[k] = getattr(i, k)
+        f.attrs["expression_names"] = json.dumps(list(i.expression_names))
+        for b in _BUFFERS:
+            f.create_dataset(b, data=getattr(model, b).detach().cpu().numpy())
+    os.replace(tmp, path)
+    return path
+
+
+def load_native(path: str | os.PathLike) -> MorphableModel:
+    """Read a file written by :func:`save_native`."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: no such model file")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise ModelFormatError(f"{path}: not a morphable model file (no format={FORMAT!r} attribute); "
+                                       "convert your model with `morphable convert`")
+            ver = int(f.attrs["format_version"])
+            if ver > FORMAT_VERSION:
+                raise ModelFormatError(f"{path}: format version {ver} is newer than this morphable ({FORMAT_VERSION}); upgrade morphable")
+            d = {b: np.asarray(f[b]) for b in _BUFFERS}
+            a = {k: str(f.attrs[k]) for k in ("name", "source", "licence", "units", "shape_kind", "expr_kind")}
+            names = json.loads(str(f.attrs["expression_names"]))
+    except ModelFormatError:
+        raise
+    except (OSError, KeyError, ValueError) as e:
+        raise ModelFormatError(f"{path}: unreadable or incomplete morphable model file ({e}); re-create it with `morphable convert`") from None
+    info = ModelInfo(expression_names=names, **a)
+    return MorphableModel(d["mean"], d["shape_basis"], d["expr_basis"], d["triangles"], d["landmarks"], info,
+                          shape_std=d["shape_std"], expr_std=d["expr_std"], expr_lower=d["expr_lower"],
+                          expr_upper=d["expr_upper"], contour_right=d["contour_right"],
+                          contour_left=d["contour_left"], uv=d["uv"] if d["uv"].size else None)

@@ -1,0 +1,178 @@
+r"""Every geometric convention of morphable, stated once.
+
+Frames
+------
+* **Model frame**: millimetres, right-handed, +y up, the face looks along +z, +x is the
+  subject's left.
+* **Image frame**: pixels, origin at the top-left pixel's centre (0-based, pixel centres on
+  integers), +x right, +y down.
+* **Weak perspective**: ``x = s * P @ R @ X + t`` where ``P = [[1, 0, 0], [0, -1, 0]]`` drops z
+  and flips y, ``s`` is pixels per millimetre, ``R`` a rotation matrix and ``t`` the image
+  position (pixels) of the model origin. Depth for z-buffering is ``s * (R @ X)_z``: larger
+  is nearer the camera.
+* **Rotations** are rotation matrices acting on column vectors, ``Y = R @ X``; a rotation
+  vector (Rodrigues/axis-angle, radians) ``w`` has ``R = exp([w]_x)``.
+* **Pose angles** follow AFLW2000-3D (its ``Code/RotationMatrix.m``, used to build
+  ``Pose_Para``): ``R = Rx(pitch) @ Ry(yaw) @ Rz(roll)`` with the elementary matrices
+
+  .. code-block:: text
+
+      Rx(a) = [[1, 0, 0], [0, cos a, sin a], [0, -sin a, cos a]]
+      Ry(a) = [[cos a, 0, -sin a], [0, 1, 0], [sin a, 0, cos a]]
+      Rz(a) = [[cos a, sin a, 0], [-sin a, cos a, 0], [0, 0, 1]]
+
+  Radians inside the library, degrees at the user-facing API (``fit``'s ``Pose``).
+  With this convention a positive yaw turns the face toward image-left (the subject's own
+  right; the nose tip moves to smaller x), a positive pitch raises the face (the nose tip moves
+  up in the image) and a positive roll moves the top of the head toward image-right. Checked
+  against AFLW2000-3D's ``Pose_Para`` + ``pt3d_68`` in ``tests/test_geometry.py``.
+
+All functions are batched (leading dims ``...``) and run on the device/dtype of their inputs.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "rotvec_to_rotmat",
+    "rotmat_to_rotvec",
+    "angles_to_rotmat",
+    "rotmat_to_angles",
+    "project",
+    "skew",
+    "PROJECTION",
+]
+
+#: The 2x3 matrix P of the weak-perspective model: drops z, flips y (model y up -> image y down).
+PROJECTION = ((1.0, 0.0, 0.0), (0.0, -1.0, 0.0))
+
+
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """Cross-product matrix ``[v]_x`` of ``v`` ((..., 3) -> (..., 3, 3))."""
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack(
+        [torch.stack([o, -z, y], -1), torch.stack([z, o, -x], -1), torch.stack([-y, x, o], -1)], -2
+    )
+
+
+def rotvec_to_rotmat(w: torch.Tensor) -> torch.Tensor:
+    """Rodrigues: rotation vector (..., 3), radians -> rotation matrix (..., 3, 3).
+
+    Exact and differentiable at and near zero: ``sin(t)/t`` and ``(1-cos t)/t^2`` switch to their
+    Taylor series below t = 1e-4 rad.
+    """
+    t2 = (w * w).sum(-1, keepdim=True)
+    small = t2 < 1e-8
+    t2s = torch.where(small, torch.ones_like(t2), t2)
+    ts = t2s.sqrt()
+    a = torch.where(small, 1.0 - t2 / 6.0 + t2 * t2 / 120.0, torch.sin(ts) / ts)
+    b = torch.where(small, 0.5 - t2 / 24.0 + t2 * t2 / 720.0, (1.0 - torch.cos(ts)) / t2s)
+    K = skew(w)
+    eye = torch.eye(3, dtype=w.dtype, device=w.device).expand(K.shape)
+    return eye + a[..., None] * K + b[..., None] * (K @ K)
+
+
+def _rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
+    """Rotation matrix (..., 3, 3) -> unit quaternion (..., 4) as (w, x, y, z), w >= 0.
+
+    Shepperd's method: picks the numerically best of four formulas per element (no branching
+    on the host).
+    """
+    m00, m01, m02 = R[..., 0, 0], R[..., 0, 1], R[..., 0, 2]
+    m10, m11, m12 = R[..., 1, 0], R[..., 1, 1], R[..., 1, 2]
+    m20, m21, m22 = R[..., 2, 0], R[..., 2, 1], R[..., 2, 2]
+    cands = torch.stack(
+        [
+            torch.stack([1 + m00 + m11 + m22, m21 - m12, m02 - m20, m10 - m01], -1),
+            torch.stack([m21 - m12, 1 + m00 - m11 - m22, m01 + m10, m02 + m20], -1),
+            torch.stack([m02 - m20, m01 + m10, 1 - m00 + m11 - m22, m12 + m21], -1),
+            torch.stack([m10 - m01, m02 + m20, m12 + m21, 1 - m00 - m11 + m22], -1),
+        ],
+        -2,
+    )  # (..., 4 candidates, 4)
+    diag = torch.stack([m00 + m11 + m22, m00, m11, m22], -1)
+    best = diag.argmax(-1)
+    q = torch.gather(cands, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(R.dtype).tiny)
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def rotmat_to_rotvec(R: torch.Tensor) -> torch.Tensor:
+    """Rotation matrix (..., 3, 3) -> rotation vector (..., 3), radians, angle in [0, pi].
+
+    Goes through a unit quaternion so it is accurate near 0 and near pi.
+    """
+    q = _rotmat_to_quat(R)
+    w, v = q[..., :1], q[..., 1:]
+    n = v.norm(dim=-1, keepdim=True)
+    angle = 2.0 * torch.atan2(n, w)
+    small = n < 1e-7
+    # angle / n -> 2 / w as n -> 0 (w -> 1)
+    scale = torch.where(small, 2.0 / w.clamp_min(1e-12), angle / torch.where(small, torch.ones_like(n), n))
+    return v * scale
+
+
+def _elementary(a: torch.Tensor, axis: int) -> torch.Tensor:
+    c, s = torch.cos(a), torch.sin(a)
+    o, i = torch.zeros_like(a), torch.ones_like(a)
+    if axis == 0:
+        rows = [[i, o, o], [o, c, s], [o, -s, c]]
+    elif axis == 1:
+        rows = [[c, o, -s], [o, i, o], [s, o, c]]
+    else:
+        rows = [[c, s, o], [-s, c, o], [o, o, i]]
+    return torch.stack([torch.stack(r, -1) for r in rows], -2)
+
+
+def angles_to_rotmat(angles: torch.Tensor) -> torch.Tensor:
+    """(..., 3) [pitch, yaw, roll] in radians (AFLW2000-3D order) -> R (..., 3, 3).
+
+    ``R = Rx(pitch) @ Ry(yaw) @ Rz(roll)`` with the elementary matrices of the module
+    docstring; ``angles_to_rotmat(Pose_Para[0, :3])`` is the dataset's own rotation.
+    """
+    p, y, r = angles.unbind(-1)
+    return _elementary(p, 0) @ _elementary(y, 1) @ _elementary(r, 2)
+
+
+def rotmat_to_angles(R: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`angles_to_rotmat`: R (..., 3, 3) -> [pitch, yaw, roll] (..., 3), radians.
+
+    yaw is in [-pi/2, pi/2]; at gimbal lock (|yaw| = pi/2) roll is set to 0 and the whole
+    in-plane angle is given to pitch.
+    """
+    # Row 0 of R is [cos(yaw) cos(roll), cos(yaw) sin(roll), -sin(yaw)];
+    # column 2 is [-sin(yaw), sin(pitch) cos(yaw), cos(pitch) cos(yaw)].
+    sy = (-R[..., 0, 2]).clamp(-1.0, 1.0)
+    yaw = torch.asin(sy)
+    cy = torch.sqrt(R[..., 0, 0] ** 2 + R[..., 0, 1] ** 2)
+    locked = cy < 1e-6
+    pitch = torch.atan2(R[..., 1, 2], R[..., 2, 2])
+    roll = torch.atan2(R[..., 0, 1], R[..., 0, 0])
+    # gimbal lock: R = Rx(p) Ry(+-pi/2) -> use the rows 1,2 of column 1
+    pitch_l = torch.atan2(-R[..., 2, 1], R[..., 1, 1])
+    pitch = torch.where(locked, pitch_l, pitch)
+    roll = torch.where(locked, torch.zeros_like(roll), roll)
+    return torch.stack([pitch, yaw, roll], -1)
+
+
+def project(points: torch.Tensor, R: torch.Tensor, scale: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    """Weak-perspective projection ``x = s * P @ R @ X + t`` to image pixels (y down).
+
+    Args:
+        points: (B, N, 3) model-frame points, mm.
+        R: (B, 3, 3) rotation matrices.
+        scale: (B,) pixels per mm.
+        translation: (B, 2) pixels, image position of the model origin.
+
+    Returns:
+        (B, N, 2) image pixels, x right, y down.
+    """
+    Y = points @ R.transpose(-1, -2)
+    xy = Y[..., :2] * torch.stack([torch.ones_like(Y[..., 0]), -torch.ones_like(Y[..., 0])], -1)
+    return scale[..., None, None] * xy + translation[..., None, :]
+
+
+def depth(points: torch.Tensor, R: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Depth (B, N) of model points toward the camera, pixels: ``s * (R @ X)_z``, larger = nearer."""
+    return scale[..., None] * (points @ R[..., 2, :, None]).squeeze(-1)

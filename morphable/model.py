@@ -1,0 +1,203 @@
+"""The one morphable-model type every loader produces.
+
+A model instance is ``V = mean + shape_basis @ alpha + expr_basis @ beta`` in the model frame
+(millimetres, right-handed, +y up, face along +z; see :mod:`morphable.geometry`).
+
+* PCA bases are stored **scaled by their standard deviations**, so PCA coefficients are
+  ~N(0, 1); ``shape_std``/``expr_std`` keep the folded-in standard deviations (mm) for reference.
+* Blendshape expression bases (``expr_kind == "blendshape"``) keep their native weights;
+  ``expr_lower``/``expr_upper`` give the valid range (ICT-FaceKit: [0, 1]).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError, ModelFormatError
+
+__all__ = ["MorphableModel", "ModelInfo"]
+
+
+@dataclass
+class ModelInfo:
+    """Descriptive metadata of a model (not tensors)."""
+
+    name: str
+    source: str = ""
+    licence: str = ""
+    units: str = "mm"
+    shape_kind: str = "pca"
+    expr_kind: str = "pca"
+    expression_names: list[str] = field(default_factory=list)
+
+
+class MorphableModel(nn.Module):
+    """A linear 3D morphable model: buffers only, so ``.to(device, dtype)`` moves everything.
+
+    Buffers (N vertices, Ks shape and Ke expression components, T triangles, L landmarks):
+        mean: (N, 3) float, mm.
+        shape_basis: (N, 3, Ks) float, mm per unit coefficient.
+        expr_basis: (N, 3, Ke) float, mm per unit coefficient (or blendshape weight).
+        shape_std, expr_std: (Ks,), (Ke,) float, standard deviations folded into the bases (mm
+            scale of each component; 1 where the source gives none).
+        expr_lower, expr_upper: (Ke,) float, valid coefficient range (+-inf for PCA).
+        triangles: (T, 3) int64, 0-based, counter-clockwise seen from outside (front faces).
+        landmarks: (68,) int64 vertex ids of the iBUG-68 points (3D-style, fixed vertices).
+        contour_right, contour_left: (Cr,), (Cl,) int64 candidate vertices of the jaw outline for
+            2D (silhouette) contour landmarks; may be empty.
+        uv: (N, 2) float texture coordinates in [0, 1], or (0, 2) if the model has none.
+    """
+
+    def __init__(
+        self,
+        mean,
+        shape_basis,
+        expr_basis,
+        triangles,
+        landmarks,
+        info: ModelInfo,
+        shape_std=None,
+        expr_std=None,
+        expr_lower=None,
+        expr_upper=None,
+        contour_right=None,
+        contour_left=None,
+        uv=None,
+    ):
+        super().__init__()
+        f = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+        i = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64).reshape(-1) if a is not None else np.zeros(0, np.int64))  # noqa: E731
+        mean = f(mean)
+        shape_basis, expr_basis = f(shape_basis), f(expr_basis)
+        N = mean.shape[0]
+        if mean.ndim != 2 or mean.shape[1] != 3:
+            raise ModelFormatError(f"model mean must be (N, 3), got {tuple(mean.shape)}")
+        for nm, b in (("shape_basis", shape_basis), ("expr_basis", expr_basis)):
+            if b.ndim != 3 or b.shape[:2] != (N, 3):
+                raise ModelFormatError(f"model {nm} must be (N={N}, 3, K), got {tuple(b.shape)}")
+        Ks, Ke = shape_basis.shape[2], expr_basis.shape[2]
+        tri = torch.as_tensor(np.asarray(triangles, dtype=np.int64).reshape(-1, 3))
+        lm = i(landmarks)
+        for nm, idx in (("triangles", tri), ("landmarks", lm)):
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= N):
+                raise ModelFormatError(f"model {nm} index outside 0..{N - 1}: the file does not match the mesh")
+        if not torch.isfinite(mean).all() or not torch.isfinite(shape_basis).all() or not torch.isfinite(expr_basis).all():
+            raise ModelFormatError("model contains NaN or inf values: the file is corrupt")
+        self.info = info
+        self.register_buffer("mean", mean)
+        self.register_buffer("shape_basis", shape_basis)
+        self.register_buffer("expr_basis", expr_basis)
+        self.register_buffer("shape_std", f(shape_std) if shape_std is not None else torch.ones(Ks))
+        self.register_buffer("expr_std", f(expr_std) if expr_std is not None else torch.ones(Ke))
+        inf = torch.full((Ke,), float("inf"))
+        self.register_buffer("expr_lower", f(expr_lower) if expr_lower is not None else -inf)
+        self.register_buffer("expr_upper", f(expr_upper) if expr_upper is not None else inf.clone())
+        self.register_buffer("triangles", tri)
+        self.register_buffer("landmarks", lm)
+        self.register_buffer("contour_right", i(contour_right))
+        self.register_buffer("contour_left", i(contour_left))
+        self.register_buffer("uv", f(uv) if uv is not None else torch.zeros(0, 2))
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def n_vertices(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def n_shape(self) -> int:
+        return self.shape_basis.shape[2]
+
+    @property
+    def n_expr(self) -> int:
+        return self.expr_basis.shape[2]
+
+    @property
+    def n_landmarks(self) -> int:
+        return self.landmarks.shape[0]
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    # ------------------------------------------------------------- instances
+    def _check(self, shape: Optional[torch.Tensor], expr: Optional[torch.Tensor]):
+        if shape is None and expr is None:
+            raise InputError("give shape (B, Ks) or expression (B, Ke) coefficients to size the batch")
+        B = (shape if shape is not None else expr).shape[0]
+        ref = shape if shape is not None else expr
+        if shape is None:
+            shape = ref.new_zeros(B, self.n_shape)
+        if expr is None:
+            expr = ref.new_zeros(B, self.n_expr)
+        if shape.ndim != 2 or shape.shape[1] != self.n_shape:
+            raise InputError(f"shape coefficients must be (B, {self.n_shape}), got {tuple(shape.shape)}")
+        if expr.ndim != 2 or expr.shape[1] != self.n_expr:
+            raise InputError(f"expression coefficients must be (B, {self.n_expr}), got {tuple(expr.shape)}")
+        return shape, expr
+
+    def vertices(self, shape: Optional[torch.Tensor] = None, expr: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mesh vertices (B, N, 3), mm, model frame, from shape (B, Ks) and expression (B, Ke)."""
+        shape, expr = self._check(shape, expr)
+        dt = shape.dtype
+        V = self.mean.to(dt) + torch.einsum("nck,bk->bnc", self.shape_basis.to(dt), shape)
+        return V + torch.einsum("nck,bk->bnc", self.expr_basis.to(dt), expr)
+
+    def select(self, idx: torch.Tensor, shape: Optional[torch.Tensor] = None, expr: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Only the vertices ``idx`` ((L,) or (B, L) int64) of the instances: (B, L, 3), mm.
+
+        Costs O(L K), never builds the full mesh.
+        """
+        shape, expr = self._check(shape, expr)
+        dt = shape.dtype
+        if idx.ndim == 1:
+            m, bs, be = self.mean[idx].to(dt), self.shape_basis[idx].to(dt), self.expr_basis[idx].to(dt)
+            return m + torch.einsum("lck,bk->blc", bs, shape) + torch.einsum("lck,bk->blc", be, expr)
+        m, bs, be = self.mean[idx].to(dt), self.shape_basis[idx].to(dt), self.expr_basis[idx].to(dt)
+        return m + torch.einsum("blck,bk->blc", bs, shape) + torch.einsum("blck,bk->blc", be, expr)
+
+    def landmark_points(self, shape: Optional[torch.Tensor] = None, expr: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The 68 landmark vertices (B, 68, 3), mm, model frame (3D-style landmarks)."""
+        return self.select(self.landmarks, shape, expr)
+
+    def sample(self, n: int = 1, generator: Optional[torch.Generator] = None, expression: bool = True):
+        """Random plausible coefficients: shape ~N(0, 1); expression ~N(0, 1) for PCA models or a
+        sparse draw within [lower, upper] for blendshape models. Returns (shape (n, Ks), expr (n, Ke))."""
+        shape = torch.randn(n, self.n_shape, generator=generator)
+        if not expression:
+            return shape, torch.zeros(n, self.n_expr)
+        if self.info.expr_kind == "pca":
+            expr = torch.randn(n, self.n_expr, generator=generator)
+        else:
+            lo = self.expr_lower.clamp_min(0.0)
+            hi = self.expr_upper.clamp_max(1.0)
+            u = torch.rand(n, self.n_expr, generator=generator) ** 3 * 0.5
+            on = torch.rand(n, self.n_expr, generator=generator) < 0.15
+            expr = torch.where(on, lo + u * (hi - lo), torch.zeros_like(u)).clamp(lo, hi)
+        return shape, expr
+
+    def summary(self) -> dict:
+        """JSON-ready description (what ``morphable info`` prints)."""
+        ext = (self.mean.max(0).values - self.mean.min(0).values).tolist()
+        return {
+            "name": self.info.name,
+            "vertices": self.n_vertices,
+            "triangles": int(self.triangles.shape[0]),
+            "shape_components": self.n_shape,
+            "shape_kind": self.info.shape_kind,
+            "expression_components": self.n_expr,
+            "expression_kind": self.info.expr_kind,
+            "landmarks": self.n_landmarks,
+            "contour_candidates": int(self.contour_right.numel() + self.contour_left.numel()),
+            "has_uv": bool(self.uv.numel()),
+            "units": self.info.units,
+            "extent_mm": [round(e, 2) for e in ext],
+            "source": self.info.source,
+            "licence": self.info.licence,
+        }
+
+    def extra_repr(self) -> str:
+        return f"{self.info.name}: N={self.n_vertices}, Ks={self.n_shape} ({self.info.shape_kind}), Ke={self.n_expr} ({self.info.expr_kind})"
