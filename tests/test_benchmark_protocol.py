@@ -1,0 +1,350 @@
+"""Known answers for the AFLW2000-3D benchmark: reading convention, NME, bins, pose MAE, CLI.
+
+No timings are asserted. Most tests run on a small synthetic folder in the official layout; the
+ones marked by ``need_shared`` check the real dev set in ../shared.
+"""
+import json
+import math
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import scipy.io as sio
+import torch
+
+from benchmarks import aflw2000_3d as runner
+from benchmarks import protocol as P
+from morphable.errors import InputError
+from morphable.geometry import angles_to_rotmat
+from tests.conftest import need_shared
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# yaw (degrees) of the synthetic images: bins 0,0,1,1,2,2; the last one is outside +-99
+SYN_YAWS = (10.0, -25.0, 45.0, -50.0, 75.0, 120.0)
+SYN_SIZE = 100
+
+
+def _rad(*deg):
+    return np.radians(np.asarray(deg, dtype=np.float64))
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    """A folder of 6 synthetic images in the official layout: 100x100 pure-red JPEGs, ``.mat`` with
+    1-based ``pt3d_68`` (float32) and ``Pose_Para`` (1x7 float32, [pitch, yaw, roll] radians)."""
+    d = tmp_path_factory.mktemp("aflw_syn")
+    rng = np.random.default_rng(7)
+    red_bgr = np.zeros((SYN_SIZE, SYN_SIZE, 3), np.uint8)
+    red_bgr[..., 2] = 255
+    for i, yaw in enumerate(SYN_YAWS):
+        name = f"image{i:05d}"
+        xy0 = rng.uniform([20, 25], [80, 75], size=(68, 2))  # 0-based pixels
+        z = rng.uniform(-30, 30, size=(68, 1))
+        pt = np.concatenate([xy0 + 1.0, z], 1).T.astype(np.float32)  # stored 1-based, as MATLAB
+        pose = np.zeros((1, 7), np.float32)
+        pose[0, :3] = _rad(5.0 * (i - 2), yaw, -3.0 * i)
+        sio.savemat(d / f"{name}.mat", {"pt3d_68": pt, "Pose_Para": pose})
+        cv2.imwrite(str(d / f"{name}.jpg"), red_bgr)
+    return d
+
+
+@pytest.fixture(scope="module")
+def syn_ds(syn) -> P.Dataset:
+    return P.load_dataset(syn)
+
+
+def _rotations(ds: P.Dataset) -> np.ndarray:
+    return angles_to_rotmat(torch.as_tensor(ds.angles)).numpy()
+
+
+def _norm(lm: np.ndarray) -> np.ndarray:
+    wh = lm[..., :2].max(-2) - lm[..., :2].min(-2)
+    return np.sqrt(wh[..., 0] * wh[..., 1])
+
+
+def _run(argv, capsys):
+    rc = runner.main(argv + ["--quiet"])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+# ---------------------------------------------------------------- reading and known answers
+
+def test_reading_subtracts_one_from_xy_only(syn):
+    raw = sio.loadmat(syn / "image00000.mat")
+    a = P.read_annotation(syn / "image00000.mat")
+    pt = raw["pt3d_68"].astype(np.float64)
+    np.testing.assert_array_equal(a.landmarks[:, :2], pt[:2].T - 1.0)
+    np.testing.assert_array_equal(a.landmarks[:, 2], pt[2])
+    np.testing.assert_array_equal(a.angles, raw["Pose_Para"][0, :3].astype(np.float64))
+
+
+def test_gt_as_prediction_scores_zero(syn_ds):
+    s = P.score(syn_ds, syn_ds.landmarks, _rotations(syn_ds))
+    assert np.all(s.nme_2d == 0) and np.all(s.nme_3d == 0)
+    assert s.summary_2d.mean == 0 and s.summary_2d.all == 0
+    assert s.pose.n == 5  # the 120 degree yaw is outside +-99
+    for k in ("yaw", "pitch", "roll", "mean", "geodesic_median"):
+        assert abs(getattr(s.pose, k)) < 1e-9, k
+
+
+def test_known_offset_hand_computed():
+    # GT bbox 40 x 10 px -> sqrt(w h) = 20 px
+    gt = np.zeros((1, 68, 3))
+    gt[0, :, 0] = np.linspace(0, 40, 68)
+    gt[0, :, 1] = np.linspace(0, 10, 68) ** 2 / 10
+    pred = gt.copy()
+    pred[..., 0] += 3.0
+    pred[..., 1] += 4.0
+    assert P.nme_2d(pred, gt)[0] == pytest.approx(5.0 / 20.0 * 100.0, rel=1e-12)
+    pred[..., 2] += 123.0  # a constant depth offset is removed by the 3D NME
+    assert P.nme_3d(pred, gt)[0] == pytest.approx(25.0, rel=1e-12)
+    # one point 68 px nearer: mean offset 1 is removed -> errors 67 once and 1 on 67 points
+    pz = gt.copy()
+    pz[0, 0, 2] += 68.0
+    assert P.nme_3d(pz, gt)[0] == pytest.approx((67.0 + 67.0) / 68.0 / 20.0 * 100.0, rel=1e-12)
+    assert P.nme_2d(pz, gt)[0] == 0.0
+
+
+def test_yaw_bins_edges_and_balanced_mean():
+    yaw = np.array([0.0, 30.0, -30.0, 30.001, 60.0, -60.0, 60.001, 89.0, -95.0, 351.0])
+    np.testing.assert_array_equal(P.yaw_bin(yaw), [0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    b = P.bin_means(np.array([1.0, 3.0, 10.0, 2.0, 2.0, 2.0]), np.array([0, 0, 1, 2, 2, 2]))
+    assert b.bins == {"0-30": 2.0, "30-60": 10.0, "60-90": 2.0}
+    assert b.mean == pytest.approx(14.0 / 3.0) and b.all == pytest.approx(20.0 / 6.0)
+    assert b.counts == {"0-30": 2, "30-60": 1, "60-90": 3}
+
+
+def test_pose_known_errors():
+    gt = _rad([0.0, 20.0, 0.0], [10.0, -40.0, 5.0], [0.0, 0.0, 0.0], [0.0, 100.0, 0.0]).reshape(4, 3)
+    pred = gt.copy()
+    pred[:, 1] += math.radians(6.0)  # yaw error 6 deg everywhere
+    R = angles_to_rotmat(torch.as_tensor(pred)).numpy()
+    s, err, geo = P.pose_mae(R, gt)
+    assert s.n == 3  # the 100 degree yaw is excluded
+    assert s.yaw == pytest.approx(6.0, abs=1e-9) and s.pitch == pytest.approx(0.0, abs=1e-9)
+    assert s.roll == pytest.approx(0.0, abs=1e-9) and s.mean == pytest.approx(2.0, abs=1e-9)
+    # geodesic: pure yaw offset of image 0 and 2 is exactly 6 deg
+    assert geo[0] == pytest.approx(6.0, abs=1e-9) and geo[2] == pytest.approx(6.0, abs=1e-9)
+    # a rotation about an arbitrary axis by 7 deg has geodesic error 7 whatever the Euler angles
+    axis = torch.tensor([0.3, -0.5, 0.8], dtype=torch.float64)
+    from morphable.geometry import rotvec_to_rotmat
+
+    Rg = angles_to_rotmat(torch.as_tensor(gt[:1]))
+    Rp = Rg @ rotvec_to_rotmat(axis / axis.norm() * math.radians(7.0))
+    assert P.geodesic_deg(Rg.numpy(), Rp.numpy())[0] == pytest.approx(7.0, abs=1e-9)
+
+
+def test_validation_errors(syn_ds):
+    n = len(syn_ds)
+    with pytest.raises(InputError, match="shape"):
+        P.score(syn_ds, np.zeros((n, 68)))
+    with pytest.raises(InputError, match="hold 5 faces"):
+        P.score(syn_ds, syn_ds.landmarks[:5])
+    bad = syn_ds.landmarks.copy()
+    bad[3, 10, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        P.score(syn_ds, bad)
+    R = _rotations(syn_ds)
+    R[1] *= 2.0
+    with pytest.raises(InputError, match="not a rotation"):
+        P.score(syn_ds, syn_ds.landmarks, R)
+
+
+# ---------------------------------------------------------------- the real dev set
+
+def test_one_pixel_convention_on_real_mat():
+    """Scoring the raw 1-based pt3d_68 as 0-based predictions costs exactly a (1, 1) shift."""
+    d = need_shared("data/aflw2000-3d-dev")
+    names = P.list_names(d)[:25]
+    ds = P.load_dataset(d, limit=25)
+    raw = np.stack([sio.loadmat(d / f"{n}.mat")["pt3d_68"].T.astype(np.float64) for n in names])
+    got = P.nme_2d(raw, ds.landmarks)
+    want = math.sqrt(2.0) / _norm(ds.landmarks) * 100.0
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+def test_cli_round_trip_on_real_images(tmp_path, capsys):
+    d = need_shared("data/aflw2000-3d-dev")
+    ds = P.load_dataset(d, limit=5)
+    pred = ds.landmarks.copy()
+    pred[..., :2] += (3.0, 4.0)
+    np.save(tmp_path / "p.npy", pred)
+    out = tmp_path / "r.json"
+    rc, stdout, err = _run(["--data", str(d), "--limit", "5", "--predictions", str(tmp_path / "p.npy"),
+                            "--out", str(out)], capsys)
+    assert rc == 0, err
+    r = json.loads(out.read_text())
+    assert [x["name"] for x in r["per_image"]] == P.list_names(d)[:5]
+    np.testing.assert_allclose([x["nme_2d"] for x in r["per_image"]], 5.0 / _norm(ds.landmarks) * 100, rtol=1e-12)
+    assert "| 5 |" in stdout
+
+
+def test_dev_set_counts():
+    d = need_shared("data/aflw2000-3d-dev")
+    ds = P.load_dataset(d)
+    assert len(ds) == 300
+    assert P.subset_counts(ds) == {"0-30": 197, "30-60": 57, "60-90": 46, "pose_subset": 297}
+    s = P.score(ds, ds.landmarks, _rotations(ds))
+    assert s.summary_2d.counts == {"0-30": 197, "30-60": 57, "60-90": 46}
+    assert s.pose.n == 297 and s.pose.mean < 1e-9 and s.summary_2d.mean == 0.0
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_cli_predictions_round_trip(syn, syn_ds, tmp_path, capsys):
+    pred = syn_ds.landmarks.copy()
+    pred[..., 0] += 3.0
+    pred[..., 1] += 4.0
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "r.npy", _rotations(syn_ds))
+    out = tmp_path / "res.json"
+    rc, stdout, err = _run(["--data", str(syn), "--predictions", str(tmp_path / "p.npy"), "--rotations",
+                            str(tmp_path / "r.npy"), "--out", str(out), "--plots", str(tmp_path / "plots")], capsys)
+    assert rc == 0, err
+    r = json.loads(out.read_text())
+    want = 5.0 / _norm(syn_ds.landmarks) * 100.0
+    np.testing.assert_allclose([x["nme_2d"] for x in r["per_image"]], want, rtol=1e-12)
+    assert [x["name"] for x in r["per_image"]] == syn_ds.names
+    assert [x["yaw_bin"] for x in r["per_image"]] == ["0-30", "0-30", "30-60", "30-60", "60-90", "60-90"]
+    assert r["n_images"] == 6 and r["nme_2d"]["counts"] == {"0-30": 2, "30-60": 2, "60-90": 2}
+    assert r["nme_2d"]["mean"] == pytest.approx(np.mean([want[0:2].mean(), want[2:4].mean(), want[4:6].mean()]), rel=1e-12)
+    assert r["nme_2d"]["all"] == pytest.approx(want.mean(), rel=1e-12)
+    assert r["nme_3d"]["all"] == pytest.approx(want.mean(), rel=1e-12)  # z untouched
+    assert r["pose_mae"]["n"] == 5 and r["pose_mae"]["mean"] < 1e-9
+    for key in ("method", "protocol", "time_per_face_ms", "per_image"):
+        assert key in r
+    assert "unclipped" in r["protocol"].lower()
+    assert "SynergyNet" in stdout and "3DDFA_V2 x0.5" in stdout and "| 6 |" in stdout
+    assert (tmp_path / "plots" / "ced.png").stat().st_size > 0 and (tmp_path / "plots" / "worst.png").stat().st_size > 0
+
+
+def test_cli_one_based_list_and_limit(syn, syn_ds, tmp_path, capsys):
+    raw = syn_ds.landmarks[:, :, :2] + 1.0  # the dataset's own MATLAB frame
+    np.save(tmp_path / "raw.npy", raw)
+    (tmp_path / "list.txt").write_text("# reversed\nimage00005\nimage00004.jpg\nimage00003\n\nimage00002\n")
+    out = tmp_path / "r.json"
+    rc, _, err = _run(["--data", str(syn), "--predictions", str(tmp_path / "raw.npy"), "--one-based", "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert json.loads(out.read_text())["nme_2d"]["all"] == 0.0
+    # without the flag: exactly a (1, 1) shift
+    rc, _, err = _run(["--data", str(syn), "--predictions", str(tmp_path / "raw.npy"), "--out", str(out)], capsys)
+    r = json.loads(out.read_text())
+    np.testing.assert_allclose([x["nme_2d"] for x in r["per_image"]], math.sqrt(2) / _norm(syn_ds.landmarks) * 100, rtol=1e-12)
+    assert r["nme_3d"] is None and r["pose_mae"] is None
+    # --list order and --limit (a full-length file is cut to the first N of the list)
+    np.save(tmp_path / "rev.npy", syn_ds.landmarks[::-1][:4])
+    rc, _, err = _run(["--data", str(syn), "--list", str(tmp_path / "list.txt"), "--limit", "3",
+                       "--predictions", str(tmp_path / "rev.npy"), "--out", str(out)], capsys)
+    assert rc == 0, err
+    r = json.loads(out.read_text())
+    assert [x["name"] for x in r["per_image"]] == ["image00005", "image00004", "image00003"]
+    assert r["nme_2d"]["all"] == 0.0
+
+
+@pytest.mark.parametrize("case", ["no_folder", "wrong_shape", "wrong_count", "nan", "missing_file", "bad_rot"])
+def test_cli_bad_input_one_line(case, syn, syn_ds, tmp_path, capsys):
+    p = tmp_path / "p.npy"
+    argv = ["--data", str(syn), "--predictions", str(p)]
+    lm = syn_ds.landmarks.copy()
+    if case == "no_folder":
+        argv[1] = str(tmp_path / "nowhere")
+        np.save(p, lm)
+    elif case == "wrong_shape":
+        np.save(p, lm[:, :5])
+    elif case == "wrong_count":
+        np.save(p, lm[:4])
+    elif case == "nan":
+        lm[2, 0, 1] = np.nan
+        np.save(p, lm)
+    elif case == "bad_rot":
+        np.save(p, lm)
+        np.save(tmp_path / "r.npy", np.tile(np.eye(3), (len(lm), 1, 1))[:, :2])
+        argv += ["--rotations", str(tmp_path / "r.npy")]
+    rc, stdout, err = _run(argv, capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert stdout == ""
+
+
+def test_cli_exit_status_through_python_m(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "benchmarks.aflw2000_3d", "--data", str(tmp_path / "missing"),
+                        "--predictions", str(tmp_path / "p.npy")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: data folder {tmp_path / 'missing'} does not exist: "
+                                             "pass --data DIR with imageXXXXX.jpg + .mat files"]
+
+
+# ---------------------------------------------------------------- methods
+
+def test_fake_method_batches_boxes_and_stage_times(syn, syn_ds, monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def fake(images, boxes):
+        i0 = sum(len(c) for c in calls)
+        calls.append([im.shape for im in images])
+        assert all(im.dtype == np.uint8 and im.shape == (SYN_SIZE, SYN_SIZE, 3) for im in images)
+        assert all(im[..., 0].mean() > 200 and im[..., 2].mean() < 50 for im in images), "images must be RGB"
+        np.testing.assert_array_equal(boxes, syn_ds.boxes[i0: i0 + len(images)])
+        assert boxes.dtype.kind == "i" and boxes.shape == (len(images), 3)
+        lm = syn_ds.landmarks[i0: i0 + len(images)].copy()
+        lm[..., 0] += 3.0
+        lm[..., 1] += 4.0
+        R = torch.as_tensor(_rotations(syn_ds)[i0: i0 + len(images)])  # torch is accepted too
+        return runner.MethodOutput(landmarks=lm, rotation=R, timings={"regress": 0.002 * len(images)})
+
+    monkeypatch.setitem(runner.METHODS, "fake", lambda: fake)
+    out = tmp_path / "r.json"
+    rc, stdout, err = _run(["--data", str(syn), "--method", "fake", "--batch-size", "4", "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert [len(c) for c in calls] == [4, 2]
+    r = json.loads(out.read_text())
+    assert r["method"] == "fake"
+    assert r["time_per_face_ms"]["regress"] == pytest.approx(2.0)
+    assert {"decode", "method_wall", "regress"} <= set(r["time_per_face_ms"])
+    np.testing.assert_allclose([x["nme_2d"] for x in r["per_image"]], 5.0 / _norm(syn_ds.landmarks) * 100, rtol=1e-12)
+    assert r["pose_mae"]["mean"] < 1e-9
+    assert "ms/face" in stdout
+
+
+def test_builtin_method_wraps_fit_crops(syn, syn_ds, monkeypatch, tmp_path, capsys):
+    """The interface expected of fitting.pipeline.fit_crops, pinned with a stand-in module."""
+    seen = []
+
+    def fit_crops(images, boxes, refine):
+        seen.append((len(images), refine))
+        i0 = sum(k for k, _ in seen[:-1])
+        gt = torch.as_tensor(syn_ds.landmarks[i0: i0 + len(images)])
+        lm3 = gt.clone()
+        lm3[..., 2] += 40.0  # depth origin differs: removed by the 3D NME
+        return types.SimpleNamespace(landmarks=gt[..., :2].float(), landmarks3d=lm3.float(),
+                                     rotation=torch.as_tensor(_rotations(syn_ds)[i0: i0 + len(images)]),
+                                     timings={"regressor": 0.01, "lm": 0.02})
+
+    mod = types.ModuleType("fitting.pipeline")
+    mod.fit_crops = fit_crops
+    monkeypatch.setitem(sys.modules, "fitting.pipeline", mod)
+    out = tmp_path / "r.json"
+    rc, _, err = _run(["--data", str(syn), "--out", str(out)], capsys)  # default method regressor+lm
+    assert rc == 0, err
+    assert seen == [(6, True)]
+    r = json.loads(out.read_text())
+    assert r["method"] == "regressor+lm" and r["nme_2d"]["all"] < 1e-4 and r["nme_3d"]["all"] < 1e-4
+    assert r["time_per_face_ms"]["lm"] == pytest.approx(20.0 / 6)
+    seen.clear()
+    rc, _, err = _run(["--data", str(syn), "--method", "regressor", "--batch-size", "5"], capsys)
+    assert rc == 0 and seen == [(5, False), (1, False)]
+
+
+def test_missing_pipeline_is_one_clear_error(syn, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "fitting.pipeline", None)  # makes the import fail
+    rc, stdout, err = _run(["--data", str(syn), "--method", "regressor"], capsys)
+    assert rc == 2 and stdout == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "fitting.pipeline.fit_crops" in lines[0] and "--predictions" in lines[0]
