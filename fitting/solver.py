@@ -1,0 +1,477 @@
+r"""Batched Levenberg-Marquardt fitting of a morphable model to 2D landmarks.
+
+For each face b of a batch, independently, minimise over shape ``a`` (Ks), expression ``e`` (Ke),
+rotation ``R``, scale ``s`` and translation ``t``
+
+    sum_i  w_bi * rho(|| s P R X_i(a, e) + t - y_bi || / f_b)^2  +  lam_s ||a / sig_s||^2 + lam_e ||e / sig_e||^2
+
+where ``X_i`` are the model's landmark vertices (mm), ``y`` the target landmarks (image px, y
+down), ``w`` per-point weights (0 = absent), ``rho`` identity or Huber (IRLS) and ``f_b`` the
+face size (px; sqrt of the target bbox area / 100, so residuals are "percent of face size", the
+unit of NME, and the priors do not depend on the image resolution).
+
+The algorithm (one iteration, every face at once, no host synchronisation):
+
+1. residuals r (B, 2L) and the analytic Jacobian J (B, 2L, P) at the current parameters;
+   rotation is updated multiplicatively, ``R <- exp([d]_x) R``, so its Jacobian block is
+   ``-s P [R X]_x``; scale is parametrised by ``log s``.
+2. normal equations ``(J^T W J + D_prior + mu * diag(J^T W J + D_prior)) delta = -g`` solved by a
+   batched Cholesky (``cholesky_ex``: a failed factorisation rejects that face's step).
+3. candidate cost; per-face accept/reject and Nielsen's damping update with ``torch.where``.
+   Blendshape weights are projected onto their valid range after each step.
+
+Every ``check_every`` iterations one host sync tests whether all faces converged.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import torch
+
+from morphable.errors import InputError
+from morphable.geometry import project, rotmat_to_rotvec, rotvec_to_rotmat, skew
+from morphable.model import MorphableModel
+
+__all__ = ["FitOptions", "FitParams", "FitResult", "fit_landmarks", "initial_pose", "JAW_RIGHT", "JAW_LEFT"]
+
+#: iBUG-68 indices of the jaw outline on the image-left (subject's right) and image-right sides.
+JAW_RIGHT = tuple(range(0, 8))
+JAW_LEFT = tuple(range(9, 17))
+
+
+@dataclass
+class FitOptions:
+    """Options of :func:`fit_landmarks`.
+
+    Attributes:
+        max_iterations: LM iterations at most.
+        tolerance: a face has converged when an accepted step lowers its cost by less than
+            ``tolerance`` (relative) or its step is below ``tolerance`` (parameter units).
+        shape_prior: lam_s, weight of the shape prior (coefficients in std units).
+        expr_prior: lam_e, weight of the expression prior.
+        robust: ``"l2"`` or ``"huber"``.
+        huber_delta: Huber threshold in percent of face size.
+        contour: ``"3d"`` (fixed landmark vertices, AFLW2000-3D style) or ``"2d"`` (jaw points slide
+            along the model's contour candidates to the nearest projection: 300-W style).
+        fit_shape / fit_expression: optimise those coefficients (else keep them at init).
+        n_shape, n_expr: optimise only the first components (None = all).
+        initial_damping: mu at the start.
+        check_every: iterations between host-side "all converged?" checks (0 = never).
+        chunk: faces per internal chunk (bounds memory for huge batches).
+    """
+
+    max_iterations: int = 20
+    tolerance: float = 1e-5
+    shape_prior: float = 1.0
+    expr_prior: float = 1.0
+    robust: str = "l2"
+    huber_delta: float = 2.0
+    contour: str = "3d"
+    fit_shape: bool = True
+    fit_expression: bool = True
+    n_shape: Optional[int] = None
+    n_expr: Optional[int] = None
+    initial_damping: float = 1e-3
+    check_every: int = 5
+    chunk: int = 4096
+
+
+@dataclass
+class FitParams:
+    """Model and camera parameters of a batch of faces.
+
+    Attributes:
+        shape: (B, Ks) shape coefficients (std units for PCA models).
+        expr: (B, Ke) expression coefficients / blendshape weights.
+        rotvec: (B, 3) Rodrigues rotation vector, radians (``R = rotvec_to_rotmat(rotvec)``).
+        scale: (B,) pixels per mm.
+        translation: (B, 2) image pixels of the model origin.
+    """
+
+    shape: torch.Tensor
+    expr: torch.Tensor
+    rotvec: torch.Tensor
+    scale: torch.Tensor
+    translation: torch.Tensor
+
+    @property
+    def rotation(self) -> torch.Tensor:
+        """(B, 3, 3) rotation matrices."""
+        return rotvec_to_rotmat(self.rotvec)
+
+    def index(self, i) -> "FitParams":
+        return FitParams(self.shape[i], self.expr[i], self.rotvec[i], self.scale[i], self.translation[i])
+
+    def to(self, *a, **k) -> "FitParams":
+        return FitParams(*(getattr(self, f).to(*a, **k) for f in ("shape", "expr", "rotvec", "scale", "translation")))
+
+    @staticmethod
+    def cat(items: list["FitParams"]) -> "FitParams":
+        return FitParams(*(torch.cat([getattr(p, f) for p in items]) for f in ("shape", "expr", "rotvec", "scale", "translation")))
+
+
+@dataclass
+class FitResult:
+    """Result of :func:`fit_landmarks` for B faces.
+
+    Attributes:
+        params: fitted :class:`FitParams`.
+        landmarks: (B, 68, 2) fitted model landmarks projected to the image, px.
+        cost: (B,) final objective.
+        rmse: (B,) reprojection RMSE over the weighted points, px.
+        iterations: (B,) int, accepted steps.
+        converged: (B,) bool.
+        valid: (B,) bool, False where the input could not be fitted (fewer than 4 finite
+            visible points, no spread); such faces keep the initial parameters.
+        landmark_vertices: (B, 68) int64 vertex ids used at the end (differs from the model's
+            landmarks on the jaw when ``contour="2d"``).
+    """
+
+    params: FitParams
+    landmarks: torch.Tensor
+    cost: torch.Tensor
+    rmse: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+    valid: torch.Tensor
+    landmark_vertices: torch.Tensor
+
+    @staticmethod
+    def cat(items: list["FitResult"]) -> "FitResult":
+        return FitResult(FitParams.cat([r.params for r in items]),
+                         *(torch.cat([getattr(r, f) for r in items]) for f in
+                           ("landmarks", "cost", "rmse", "iterations", "converged", "valid", "landmark_vertices")))
+
+
+# --------------------------------------------------------------------------- initial pose
+def initial_pose(points3d: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor):
+    """Closed-form weak-perspective pose from 3D-2D correspondences (affine camera, then the
+    nearest rotation), batched.
+
+    Args:
+        points3d: (B, L, 3) model points, mm.
+        targets: (B, L, 2) image px (finite where weights > 0).
+        weights: (B, L) >= 0.
+
+    Returns:
+        R (B, 3, 3), scale (B,), translation (B, 2). Degenerate faces get R = I and a scale from
+        the point spread.
+    """
+    dt = points3d.dtype
+    w = weights[..., None]
+    wsum = w.sum(1).clamp_min(1e-12)  # (B, 1)
+    Xbar = (w * points3d).sum(1) / wsum  # (B, 3)
+    ybar = (w * targets).sum(1) / wsum  # (B, 2)
+    Xc, yc = points3d - Xbar[:, None], targets - ybar[:, None]
+    A = Xc.transpose(1, 2) @ (w * Xc)  # (B, 3, 3)
+    A = A + 1e-12 * A.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None] * torch.eye(3, dtype=dt, device=A.device)
+    k = torch.linalg.solve_ex(A, Xc.transpose(1, 2) @ (w * yc))[0]  # (B, 3, 2): u and v regressions
+    r1, r2 = k[:, :, 0], -k[:, :, 1]
+    s = 0.5 * (r1.norm(dim=-1) + r2.norm(dim=-1))
+    r1n = r1 / r1.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    r2n = r2 / r2.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    M = torch.stack([r1n, r2n, torch.linalg.cross(r1n, r2n)], 1)
+    finite = torch.isfinite(M).all(-1).all(-1)
+    M = torch.where(finite[:, None, None], M, torch.eye(3, dtype=dt, device=M.device).expand_as(M))
+    U, _, Vh = torch.linalg.svd(M)
+    d = torch.linalg.det(U @ Vh)
+    U = torch.cat([U[..., :2], U[..., 2:] * d[:, None, None]], -1)
+    R = U @ Vh
+    t = ybar - project(Xbar[:, None], R, s, torch.zeros_like(ybar))[:, 0]  # model origin, consistent with R, s
+    ok = finite & torch.isfinite(R).all(-1).all(-1) & torch.isfinite(s) & (s > 0) & torch.isfinite(t).all(-1)
+    eye = torch.eye(3, dtype=dt, device=R.device).expand_as(R)
+    R = torch.where(ok[:, None, None], R, eye)
+    s = torch.where(ok, s, torch.ones_like(s))
+    t = torch.where(ok[:, None], t, torch.zeros_like(t))
+    return R, s, t
+
+
+# --------------------------------------------------------------------------- main entry
+def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                  init: Optional[FitParams] = None, options: Optional[FitOptions] = None) -> FitResult:
+    """Fit ``model`` to 2D landmarks of a batch of faces.
+
+    Args:
+        model: the morphable model (its 68 landmark vertices are the correspondences).
+        landmarks: (B, 68, 2) target points, image px (0-based, y down). NaN/inf points are
+            treated as absent.
+        weights: (B, 68) per-point weights or visibility (0 = absent), default 1.
+        init: initial :class:`FitParams` (e.g. from the regressor); default: mean face and the
+            closed-form pose (:func:`initial_pose`).
+        options: :class:`FitOptions`.
+
+    Returns:
+        :class:`FitResult`; per-face flags say which faces converged and which were invalid.
+        Runs on the device and in the dtype of ``landmarks`` (float16 is computed in float32).
+
+    Raises:
+        InputError: wrong shapes, empty batch, negative weights.
+    """
+    opt = options or FitOptions()
+    if not isinstance(landmarks, torch.Tensor):
+        landmarks = torch.as_tensor(landmarks)
+    L = model.n_landmarks
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (L, 2):
+        raise InputError(f"landmarks must be (B, {L}, 2) image pixels, got {tuple(landmarks.shape)}")
+    B = landmarks.shape[0]
+    if B == 0:
+        raise InputError("empty batch: landmarks has 0 faces; pass at least one (B >= 1)")
+    out_dtype = landmarks.dtype if landmarks.dtype in (torch.float32, torch.float64) else torch.float32
+    landmarks = landmarks.to(out_dtype)
+    if weights is None:
+        weights = torch.ones(B, L, dtype=out_dtype, device=landmarks.device)
+    else:
+        weights = torch.as_tensor(weights).to(device=landmarks.device, dtype=out_dtype)
+        if weights.shape != (B, L):
+            raise InputError(f"weights must be (B, {L}) = ({B}, {L}), got {tuple(weights.shape)}")
+        if bool((weights < 0).any()):
+            raise InputError("weights must be >= 0 (0 = absent point); got negative values")
+    if opt.robust not in ("l2", "huber"):
+        raise InputError(f"robust must be 'l2' or 'huber', got {opt.robust!r}")
+    if opt.contour not in ("3d", "2d"):
+        raise InputError(f"contour must be '3d' or '2d', got {opt.contour!r}")
+    if opt.chunk < B:
+        parts = []
+        for i in range(0, B, opt.chunk):
+            sl = slice(i, i + opt.chunk)
+            parts.append(_fit(model, landmarks[sl], weights[sl], init.index(sl) if init is not None else None, opt))
+        return FitResult.cat(parts)
+    return _fit(model, landmarks, weights, init, opt)
+
+
+class _Problem:
+    """Constant data of one batch: the model blocks on the device/dtype of the targets."""
+
+    def __init__(self, model: MorphableModel, y, w, opt: FitOptions):
+        dt, dev = y.dtype, y.device
+        self.B, self.L = y.shape[:2]
+        self.ks = model.n_shape if opt.n_shape is None else min(opt.n_shape, model.n_shape)
+        self.ke = model.n_expr if opt.n_expr is None else min(opt.n_expr, model.n_expr)
+        if not opt.fit_shape:
+            self.ks = 0
+        if not opt.fit_expression:
+            self.ke = 0
+        self.Ks, self.Ke = model.n_shape, model.n_expr
+        self.mean = model.mean.to(dev, dt)
+        self.Bs = model.shape_basis.to(dev, dt)
+        self.Be = model.expr_basis.to(dev, dt)
+        self.lm = model.landmarks.to(dev)
+        self.lo = model.expr_lower.to(dev, dt)
+        self.hi = model.expr_upper.to(dev, dt)
+        self.expr_pca = model.info.expr_kind == "pca"
+        self.prior = torch.cat([torch.full((self.ks,), opt.shape_prior, dtype=dt, device=dev),
+                                torch.full((self.ke,), opt.expr_prior, dtype=dt, device=dev),
+                                torch.zeros(6, dtype=dt, device=dev)])
+        self.P = self.ks + self.ke + 6
+        # invalid points -> weight 0; face size f (px) from the valid points' bbox
+        finite = torch.isfinite(y).all(-1)
+        self.w = torch.where(finite, w, torch.zeros_like(w))
+        self.y = torch.where(finite[..., None], y, torch.zeros_like(y))
+        vis = self.w > 0
+        big = torch.finfo(dt).max
+        lo = torch.where(vis[..., None], self.y, torch.full_like(self.y, big)).amin(1)
+        hi = torch.where(vis[..., None], self.y, torch.full_like(self.y, -big)).amax(1)
+        ext = (hi - lo).clamp_min(0)
+        area = torch.where(vis.sum(1) > 0, ext[:, 0] * ext[:, 1], torch.zeros_like(ext[:, 0]))
+        # profile/partial faces: use the larger side if the bbox is thin
+        side = torch.maximum(area.sqrt(), 0.5 * ext.amax(-1))
+        self.valid = (vis.sum(1) >= 4) & (side > 1e-3 * ext.abs().amax(-1).clamp_min(1.0)) & (side > 1e-6)
+        self.f = torch.where(self.valid, side / 100.0, torch.ones_like(side))
+        self.w = self.w * self.valid[:, None].to(dt)
+        lm = self.lm
+        self.lm_mean = self.mean[lm]
+        self.lm_basis = torch.cat([self.Bs[lm][..., : self.ks], self.Be[lm][..., : self.ke]], -1)  # (L, 3, K)
+        self.lm_full_s = self.Bs[lm]
+        self.lm_full_e = self.Be[lm]
+        self.contour = opt.contour == "2d" and model.contour_right.numel() > 0 and model.contour_left.numel() > 0
+        if self.contour:
+            self.cand_r = model.contour_right.to(dev)
+            self.cand_l = model.contour_left.to(dev)
+
+    def blocks(self, vid):
+        """Landmark blocks for vertex ids: shared (vid is None -> the model's landmarks, (L, 3, K))
+        or per face (vid (B, L) -> (B, L, 3, K)); K = ks + ke optimised components."""
+        if vid is None:
+            return self.lm_mean, self.lm_basis
+        Bc = torch.cat([self.Bs[vid][..., : self.ks], self.Be[vid][..., : self.ke]], -1)
+        return self.mean[vid], Bc
+
+
+def _points(shape, expr, prob: _Problem, vid):
+    """Model landmark points (B, L, 3) mm of the full coefficient vectors; ``vid`` None = the
+    model's fixed landmark vertices (one GEMM), else per-face vertex ids (B, L)."""
+    if vid is None:
+        L = prob.L
+        X = prob.lm_mean + (shape @ prob.lm_full_s.reshape(L * 3, -1).T).view(-1, L, 3)
+        return X + (expr @ prob.lm_full_e.reshape(L * 3, -1).T).view(-1, L, 3)
+    return (prob.mean[vid] + torch.einsum("blck,bk->blc", prob.Bs[vid], shape)
+            + torch.einsum("blck,bk->blc", prob.Be[vid], expr))
+
+
+def _residual(X, R, s, t, prob: _Problem, opt: FitOptions):
+    """Weighted residuals (B, L, 2) in percent of face size, and IRLS weights (B, L)."""
+    x = project(X, R, s, t)
+    r = (x - prob.y) / prob.f[:, None, None]
+    w = prob.w
+    if opt.robust == "huber":
+        n = r.norm(dim=-1).clamp_min(1e-12)
+        w = w * torch.where(n > opt.huber_delta, opt.huber_delta / n, torch.ones_like(n))
+    return r, w, x
+
+
+def _cost(r, w, coef, prob: _Problem):
+    data = (w * (r * r).sum(-1)).sum(-1)
+    return data + (prob.prior[: coef.shape[1]] * coef * coef).sum(-1)
+
+
+def _jacobian(prob: _Problem, X, x, R, s, t, vid):
+    """Jacobian (B, 2L, P) of the residuals (percent of face size) with respect to
+    [shape[:ks], expr[:ke], rotation increment d (R <- exp([d]_x) R), log s, t]."""
+    B, L, dt, dev = X.shape[0], prob.L, X.dtype, X.device
+    K = prob.ks + prob.ke
+    Y = X @ R.transpose(1, 2)  # (B, L, 3) rotated points
+    J = torch.empty(B, L, 2, prob.P, dtype=dt, device=dev)
+    sf = (s / prob.f)[:, None, None]
+    if K:
+        _, Bc = prob.blocks(vid)
+        if Bc.ndim == 3:  # shared blocks: one GEMM (B*2, 3) x (3, L*K)
+            RB = (R[:, :2, :] @ Bc.permute(1, 0, 2).reshape(3, L * K)).view(B, 2, L, K).transpose(1, 2)
+        else:
+            RB = torch.einsum("bij,bljk->blik", R[:, :2, :], Bc)
+        J[..., 0, :K] = RB[:, :, 0] * sf
+        J[..., 1, :K] = RB[:, :, 1] * -sf
+    # d x / d rot = s P (-[Y]_x):  row u: s*(0, Yz, -Yy); row v: -s*(-Yz, 0, Yx)
+    Yx, Yy, Yz = Y.unbind(-1)
+    zero = torch.zeros_like(Yx)
+    J[..., 0, K:K + 3] = torch.stack([zero, Yz, -Yy], -1) * sf
+    J[..., 1, K:K + 3] = torch.stack([Yz, zero, -Yx], -1) * sf
+    J[..., K + 3] = (x - t[:, None, :]) / prob.f[:, None, None]
+    J[..., K + 4:] = 0.0
+    J[..., 0, K + 4] = 1.0 / prob.f[:, None]
+    J[..., 1, K + 5] = 1.0 / prob.f[:, None]
+    J = J.view(B, 2 * L, prob.P)
+    return J
+
+
+def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions) -> FitResult:
+    prob = _Problem(model, y, w, opt)
+    B, L, dt, dev = prob.B, prob.L, y.dtype, y.device
+    ks, ke = prob.ks, prob.ke
+    vid = prob.lm[None].expand(B, L).clone() if prob.contour else None
+
+    if init is None:
+        shape = torch.zeros(B, prob.Ks, dtype=dt, device=dev)
+        expr = torch.zeros(B, prob.Ke, dtype=dt, device=dev)
+        if not prob.expr_pca:
+            expr = expr.clamp(prob.lo, prob.hi)
+        X0 = _points(shape, expr, prob, vid)
+        R, s, t = initial_pose(X0, prob.y, prob.w)
+    else:
+        shape = init.shape.to(dev, dt).clone()
+        expr = init.expr.to(dev, dt).clone()
+        R = rotvec_to_rotmat(init.rotvec.to(dev, dt))
+        s = init.scale.to(dev, dt).clone()
+        t = init.translation.to(dev, dt).clone()
+    logs = torch.log(s.clamp_min(1e-12))
+
+    def coef_vec(shape, expr):
+        return torch.cat([shape[:, :ks], expr[:, :ke]], 1)
+
+    def evaluate(shape, expr, R, logs, t, vid):
+        X = _points(shape, expr, prob, vid)
+        r, wr, x = _residual(X, R, logs.exp(), t, prob, opt)
+        return X, r, wr, x, _cost(r, wr, coef_vec(shape, expr), prob)
+
+    if prob.contour:
+        vid = _contour_assign(prob, shape, expr, R, logs.exp(), t, vid)
+    X, r, wr, x, cost = evaluate(shape, expr, R, logs, t, vid)
+    mu = torch.full((B,), opt.initial_damping, dtype=dt, device=dev)
+    nu = torch.full((B,), 2.0, dtype=dt, device=dev)
+    converged = ~prob.valid
+    iters = torch.zeros(B, dtype=torch.long, device=dev)
+
+    for it in range(opt.max_iterations):
+        s = logs.exp()
+        J = _jacobian(prob, X, x, R, s, t, vid)
+        ww = wr.repeat_interleave(2, dim=1)  # (B, 2L)
+        JW = J * ww[..., None]
+        H = J.transpose(1, 2) @ JW  # (B, P, P)
+        coef = coef_vec(shape, expr)
+        g = (JW * r.reshape(B, 2 * L, 1)).sum(1)  # (B, P)
+        g = g + torch.cat([prob.prior[: ks + ke] * coef, torch.zeros(B, 6, dtype=dt, device=dev)], 1)
+        Hd = H.diagonal(dim1=1, dim2=2)
+        Hd += prob.prior  # H is now J^T W J + D_prior (in place: H is a fresh tensor)
+        dpre = Hd.clamp_min(1e-9)  # Marquardt scaling, before damping
+        A = H
+        A.diagonal(dim1=1, dim2=2).add_(mu[:, None] * dpre)
+        Lc, info = torch.linalg.cholesky_ex(A)
+        ok = (info == 0) & ~converged
+        delta = -torch.cholesky_solve(g[..., None], Lc).squeeze(-1)
+        delta = torch.where(ok[:, None] & torch.isfinite(delta), delta, torch.zeros_like(delta))
+
+        # candidate
+        n_shape = shape.clone()
+        n_shape[:, :ks] = shape[:, :ks] + delta[:, :ks]
+        n_expr = expr.clone()
+        n_expr[:, :ke] = expr[:, :ke] + delta[:, ks: ks + ke]
+        if not prob.expr_pca:
+            n_expr = torch.maximum(torch.minimum(n_expr, prob.hi), prob.lo)
+        dR = rotvec_to_rotmat(delta[:, ks + ke: ks + ke + 3])
+        n_R = dR @ R
+        n_logs = logs + delta[:, ks + ke + 3]
+        n_t = t + delta[:, ks + ke + 4:]
+        nX, nr, nwr, nx, ncost = evaluate(n_shape, n_expr, n_R, n_logs, n_t, vid)
+        # gain ratio: predicted reduction with the damped model
+        pred = (delta * (mu[:, None] * dpre * delta - 2.0 * g)).sum(-1).clamp_min(1e-30)
+        actual = cost - ncost
+        rho = actual / pred
+        accept = ok & torch.isfinite(ncost) & (actual > 0)
+        a3 = accept[:, None]
+        shape = torch.where(a3, n_shape, shape)
+        expr = torch.where(a3, n_expr, expr)
+        R = torch.where(accept[:, None, None], n_R, R)
+        logs = torch.where(accept, n_logs, logs)
+        t = torch.where(a3, n_t, t)
+        X = torch.where(accept[:, None, None], nX, X)
+        r = torch.where(accept[:, None, None], nr, r)
+        wr = torch.where(a3, nwr, wr)
+        x = torch.where(accept[:, None, None], nx, x)
+        small = (actual.abs() <= opt.tolerance * cost.clamp_min(1e-12)) | (delta.abs().amax(-1) <= opt.tolerance)
+        cost = torch.where(accept, ncost, cost)
+        # Nielsen's rule
+        mu = torch.where(accept, mu * torch.clamp(1.0 - (2.0 * rho - 1.0) ** 3, min=1.0 / 3.0), mu * nu)
+        nu = torch.where(accept, torch.full_like(nu, 2.0), nu * 2.0)
+        mu = mu.clamp(1e-9, 1e9)
+        iters = iters + accept.long()
+        converged = converged | (accept & small) | (mu >= 1e9)
+        if prob.contour:
+            vid = _contour_assign(prob, shape, expr, R, logs.exp(), t, vid)
+            X, r, wr, x, cost = evaluate(shape, expr, R, logs, t, vid)
+        if opt.check_every and (it + 1) % opt.check_every == 0 and bool(converged.all()):
+            break
+
+    s = logs.exp()
+    wsum = prob.w.sum(-1).clamp_min(1e-12)
+    err = (x - prob.y).norm(dim=-1)
+    rmse = torch.sqrt((prob.w * err * err).sum(-1) / wsum)
+    converged = converged & prob.valid
+    params = FitParams(shape, expr, rotmat_to_rotvec(R), s, t)
+    if vid is None:
+        vid = prob.lm[None].expand(B, L).clone()
+    return FitResult(params, x, cost, torch.where(prob.valid, rmse, torch.full_like(rmse, float("nan"))),
+                     iters, converged, prob.valid, vid)
+
+
+def _contour_assign(prob: _Problem, shape, expr, R, s, t, vid):
+    """2D-contour mode: each jaw landmark takes the candidate vertex (of its side) whose projection
+    is nearest to its target: a re-assignment between iterations, as eos does."""
+    vid = vid.clone()
+    for cand, idx in ((prob.cand_r, JAW_RIGHT), (prob.cand_l, JAW_LEFT)):
+        Xc = prob.mean[cand] + torch.einsum("cdk,bk->bcd", prob.Bs[cand], shape) + torch.einsum("cdk,bk->bcd", prob.Be[cand], expr)
+        pc = project(Xc, R, s, t)  # (B, C, 2)
+        ii = list(idx)
+        d = (prob.y[:, ii, None, :] - pc[:, None, :, :]).pow(2).sum(-1)  # (B, J, C)
+        vid[:, ii] = cand[d.argmin(-1)]
+    return vid

@@ -1,0 +1,163 @@
+"""Known answers for the batched LM landmark fitter."""
+import copy
+import math
+
+import pytest
+import torch
+
+from fitting.solver import FitOptions, FitParams, _jacobian, _Problem, _points, fit_landmarks, initial_pose
+from morphable.errors import InputError
+from morphable.geometry import angles_to_rotmat, project, rotmat_to_angles, rotvec_to_rotmat, skew
+from tests.conftest import assert_close
+
+
+def _synthetic(model, B, ks, ke, yaw_deg=80.0, seed=0, dtype=torch.float64):
+    """Faces built from the first ks shape / ke expression components, yaw from -yaw to +yaw."""
+    g = torch.Generator().manual_seed(seed)
+    shape = torch.zeros(B, model.n_shape, dtype=dtype)
+    shape[:, :ks] = torch.randn(B, ks, generator=g, dtype=dtype)
+    expr = torch.zeros(B, model.n_expr, dtype=dtype)
+    expr[:, :ke] = torch.rand(B, ke, generator=g, dtype=dtype) * 0.5
+    ang = torch.stack([(torch.rand(B, generator=g, dtype=dtype) - 0.5) * 0.6,
+                       torch.linspace(-math.radians(yaw_deg), math.radians(yaw_deg), B, dtype=dtype),
+                       (torch.rand(B, generator=g, dtype=dtype) - 0.5) * 0.6], -1)
+    R = angles_to_rotmat(ang)
+    s = 1.0 + torch.rand(B, generator=g, dtype=dtype)
+    t = 200 + 50 * torch.rand(B, 2, generator=g, dtype=dtype)
+    y = project(model.landmark_points(shape, expr), R, s, t)
+    return FitParams(shape, expr, torch.zeros(B, 3, dtype=dtype), s, t), R, ang, y
+
+
+def test_jacobian_matches_autograd_float64(ict_model):
+    m = copy.deepcopy(ict_model).double()
+    gt, R, ang, y = _synthetic(m, 3, 10, 5)
+    opt = FitOptions(n_shape=10, n_expr=5)
+    prob = _Problem(m, y + 1.0, torch.ones(3, 68, dtype=torch.float64), opt)
+    shape, expr = gt.shape.clone(), gt.expr.clone()
+    s, t = gt.scale, gt.translation
+
+    def resid(p):
+        sh = torch.cat([p[:, :10], shape[:, 10:]], 1)
+        ex = torch.cat([p[:, 10:15], expr[:, 5:]], 1)
+        RR = rotvec_to_rotmat(p[:, 15:18]) @ R
+        X = _points(sh, ex, prob, None)
+        x = project(X, RR, p[:, 18].exp(), p[:, 19:21])
+        return ((x - prob.y) / prob.f[:, None, None]).reshape(3, -1)
+
+    p0 = torch.cat([shape[:, :10], expr[:, :5], torch.zeros(3, 3, dtype=torch.float64), s.log()[:, None], t], 1)
+    Jfull = torch.autograd.functional.jacobian(resid, p0)  # (3, 136, 3, 21)
+    Jad = torch.stack([Jfull[i, :, i] for i in range(3)])
+    X = _points(shape, expr, prob, None)
+    x = project(X, R, s, t)
+    J = _jacobian(prob, X, x, R, s, t, None)
+    assert_close(J, Jad, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_exact_recovery_frontal_to_80deg(ict_model, dtype):
+    """Noise-free landmarks of faces from the first 12 shape + 4 expression components: the fit
+    restricted to those components recovers pose and coefficients exactly (yaw -80..80)."""
+    m = ict_model
+    gt, R, ang, y = _synthetic(m, 17, 12, 4, dtype=dtype)
+    res = fit_landmarks(m, y, options=FitOptions(n_shape=12, n_expr=4, shape_prior=1e-9, expr_prior=1e-9,
+                                                 max_iterations=60, tolerance=1e-12))
+    tol = 1e-5 if dtype == torch.float64 else 2e-3
+    assert bool(res.valid.all())
+    assert res.rmse.max() < (1e-6 if dtype == torch.float64 else 1e-2)
+    ang_err = torch.rad2deg(rotmat_to_angles(res.params.rotation.double()) - ang.double()).abs().max()
+    assert ang_err < (1e-4 if dtype == torch.float64 else 0.05), ang_err
+    assert_close(res.params.shape[:, :12], gt.shape[:, :12], atol=tol * 100)
+    assert_close(res.params.expr[:, :4], gt.expr[:, :4], atol=tol * 100)
+    assert_close(res.params.scale, gt.scale, atol=tol)
+
+
+def test_full_model_fits_to_subpixel_and_pose_close(ict_model):
+    gt, R, ang, y = _synthetic(ict_model, 9, 100, 20, yaw_deg=70, dtype=torch.float32)
+    res = fit_landmarks(ict_model, y, options=FitOptions(max_iterations=40))
+    assert res.rmse.max() < 1.0, res.rmse
+    geo = torch.rad2deg(torch.arccos(((res.params.rotation.transpose(1, 2) @ R).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1))
+    assert geo.max() < 8.0, geo
+
+
+def test_noise_gives_bounded_error(ict_model):
+    gt, R, ang, y = _synthetic(ict_model, 16, 20, 0, yaw_deg=60, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    noisy = y + torch.randn(y.shape, generator=g, dtype=torch.float64) * 1.0
+    res = fit_landmarks(ict_model, noisy, options=FitOptions(n_shape=20, n_expr=0, max_iterations=40))
+    # 1 px noise on ~200 px faces: the fit is within ~1 px of the clean points
+    assert (res.landmarks - y).norm(dim=-1).mean() < 1.0
+    geo = torch.arccos(((res.params.rotation.transpose(1, 2) @ R).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)
+    assert torch.rad2deg(geo).max() < 3.0
+
+
+def test_batch_equals_one_by_one_and_faults_are_isolated(ict_model):
+    gt, R, ang, y = _synthetic(ict_model, 4, 30, 10, yaw_deg=50, dtype=torch.float64)
+    bad = y.clone()
+    bad[1, 5] = float("nan")  # one NaN point: treated as absent, the face still fits
+    bad[2] = 100.0  # all points identical: invalid
+    bad = torch.cat([bad, torch.full((1, 68, 2), float("inf"), dtype=torch.float64)])  # all inf: invalid
+    w = torch.ones(5, 68, dtype=torch.float64)
+    opt = FitOptions(max_iterations=15, check_every=0)
+    res = fit_landmarks(ict_model, bad, w, options=opt)
+    assert res.valid.tolist() == [True, True, False, True, False]
+    for field in (res.params.shape, res.params.expr, res.params.rotvec, res.params.scale, res.landmarks):
+        assert torch.isfinite(field).all()
+    assert not res.converged[2] and not res.converged[4]
+    for i in (0, 1, 3):
+        solo = fit_landmarks(ict_model, bad[i:i + 1], w[i:i + 1], options=opt)
+        assert_close(solo.params.shape, res.params.shape[i:i + 1], atol=1e-8)
+        assert_close(solo.landmarks, res.landmarks[i:i + 1], atol=1e-8)
+    zero_w = fit_landmarks(ict_model, y[:2], torch.zeros(2, 68, dtype=torch.float64), options=opt)
+    assert not zero_w.valid.any() and torch.isfinite(zero_w.params.shape).all()
+
+
+def test_visibility_partial_points_fit(ict_model):
+    """AFLW-style: only 19 of 68 points visible; the visible ones are matched."""
+    gt, R, ang, y = _synthetic(ict_model, 3, 10, 0, yaw_deg=40, dtype=torch.float64)
+    w = torch.zeros(3, 68, dtype=torch.float64)
+    w[:, [17, 19, 21, 22, 24, 26, 36, 39, 42, 45, 31, 30, 35, 48, 54, 8, 62, 66, 33]] = 1
+    y2 = torch.where(w[..., None] > 0, y, torch.full_like(y, float("nan")))
+    res = fit_landmarks(ict_model, y2, w, options=FitOptions(n_shape=10, n_expr=0, shape_prior=1e-8, max_iterations=60, tolerance=1e-10))
+    assert res.valid.all() and res.rmse.max() < 0.05, res.rmse
+
+
+def test_blendshape_weights_stay_in_range(ict_model):
+    gt, R, ang, y = _synthetic(ict_model, 4, 10, 0, dtype=torch.float32)
+    y = y + torch.randn(y.shape, generator=torch.Generator().manual_seed(0)) * 4.0
+    res = fit_landmarks(ict_model, y, options=FitOptions(expr_prior=1e-6, max_iterations=20))
+    assert res.params.expr.min() >= 0.0 and res.params.expr.max() <= 1.0
+
+
+def test_initial_pose_closed_form_recovers_rotation(ict_model):
+    m = copy.deepcopy(ict_model).double()
+    X = m.landmark_points(torch.zeros(5, m.n_shape, dtype=torch.float64))
+    ang = torch.tensor([[0.1, a, -0.1] for a in (-1.3, -0.6, 0.0, 0.6, 1.3)], dtype=torch.float64)
+    R = angles_to_rotmat(ang)
+    y = project(X, R, torch.full((5,), 2.0, dtype=torch.float64), torch.full((5, 2), 100.0, dtype=torch.float64))
+    R0, s0, t0 = initial_pose(X, y, torch.ones(5, 68, dtype=torch.float64))
+    assert_close(R0, R, atol=1e-8)
+    assert_close(s0, torch.full((5,), 2.0, dtype=torch.float64), atol=1e-8)
+    assert_close(t0, torch.full((5, 2), 100.0, dtype=torch.float64), atol=1e-6)
+
+
+def test_contour_2d_mode_runs_and_is_finite(ict_model):
+    gt, R, ang, y = _synthetic(ict_model, 3, 10, 0, yaw_deg=60, dtype=torch.float32)
+    res = fit_landmarks(ict_model, y, options=FitOptions(contour="2d", max_iterations=10))
+    assert torch.isfinite(res.landmarks).all()
+    jaw = res.landmark_vertices[:, :8]
+    assert set(jaw.flatten().tolist()) <= set(ict_model.contour_right.tolist())
+
+
+def test_bad_input_raises(ict_model):
+    with pytest.raises(InputError, match="empty batch"):
+        fit_landmarks(ict_model, torch.zeros(0, 68, 2))
+    with pytest.raises(InputError, match=r"\(B, 68, 2\)"):
+        fit_landmarks(ict_model, torch.zeros(2, 5, 2))
+    with pytest.raises(InputError, match=">= 0"):
+        fit_landmarks(ict_model, torch.zeros(1, 68, 2), -torch.ones(1, 68))
+
+
+def test_float16_input_is_computed_in_float32(ict_model):
+    gt, R, ang, y = _synthetic(ict_model, 2, 5, 0, dtype=torch.float32)
+    res = fit_landmarks(ict_model, y.half(), options=FitOptions(max_iterations=10))
+    assert res.landmarks.dtype == torch.float32 and torch.isfinite(res.landmarks).all()
