@@ -327,30 +327,35 @@ def _cost(r, w, coef, prob: _Problem):
 
 
 def _jacobian(prob: _Problem, X, x, R, s, t, vid):
-    """Jacobian (B, 2L, P) of the residuals (percent of face size) with respect to
+    """Jacobian (B, 2L, P) of the residuals (percent of face size; rows: all u, then all v) with respect to
     [shape[:ks], expr[:ke], rotation increment d (R <- exp([d]_x) R), log s, t]."""
     B, L, dt, dev = X.shape[0], prob.L, X.dtype, X.device
     K = prob.ks + prob.ke
     Y = X @ R.transpose(1, 2)  # (B, L, 3) rotated points
-    J = torch.empty(B, L, 2, prob.P, dtype=dt, device=dev)
+    # rows ordered [u of the L points; v of the L points]: (B, 2, L, P), contiguous blocks
+    J = torch.empty(B, 2, L, prob.P, dtype=dt, device=dev)
     sf = (s / prob.f)[:, None, None]
     if K:
         _, Bc = prob.blocks(vid)
         if Bc.ndim == 3:  # shared blocks: one GEMM (B*2, 3) x (3, L*K)
-            RB = (R[:, :2, :] @ Bc.permute(1, 0, 2).reshape(3, L * K)).view(B, 2, L, K).transpose(1, 2)
+            RB = (R[:, :2, :] @ Bc.permute(1, 0, 2).reshape(3, L * K)).view(B, 2, L, K)
         else:
-            RB = torch.einsum("bij,bljk->blik", R[:, :2, :], Bc)
-        J[..., 0, :K] = RB[:, :, 0] * sf
-        J[..., 1, :K] = RB[:, :, 1] * -sf
+            RB = torch.einsum("bij,bljk->bilk", R[:, :2, :], Bc)
+        torch.mul(RB[:, 0], sf, out=J[:, 0, :, :K])
+        torch.mul(RB[:, 1], -sf, out=J[:, 1, :, :K])
     # d x / d rot = s P (-[Y]_x):  row u: s*(0, Yz, -Yy); row v: -s*(-Yz, 0, Yx)
     Yx, Yy, Yz = Y.unbind(-1)
-    zero = torch.zeros_like(Yx)
-    J[..., 0, K:K + 3] = torch.stack([zero, Yz, -Yy], -1) * sf
-    J[..., 1, K:K + 3] = torch.stack([Yz, zero, -Yx], -1) * sf
-    J[..., K + 3] = (x - t[:, None, :]) / prob.f[:, None, None]
-    J[..., K + 4:] = 0.0
-    J[..., 0, K + 4] = 1.0 / prob.f[:, None]
-    J[..., 1, K + 5] = 1.0 / prob.f[:, None]
+    sf2 = (s / prob.f)[:, None]
+    J[:, 0, :, K] = 0.0
+    J[:, 0, :, K + 1] = Yz * sf2
+    J[:, 0, :, K + 2] = -Yy * sf2
+    J[:, 1, :, K] = Yz * sf2
+    J[:, 1, :, K + 1] = 0.0
+    J[:, 1, :, K + 2] = -Yx * sf2
+    J[:, :, :, K + 3] = ((x - t[:, None, :]) / prob.f[:, None, None]).transpose(1, 2)
+    J[:, :, :, K + 4:] = 0.0
+    J[:, 0, :, K + 4] = (1.0 / prob.f)[:, None]
+    J[:, 1, :, K + 5] = (1.0 / prob.f)[:, None]
     J = J.view(B, 2 * L, prob.P)
     return J
 
@@ -395,11 +400,11 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
     for it in range(opt.max_iterations):
         s = logs.exp()
         J = _jacobian(prob, X, x, R, s, t, vid)
-        ww = wr.repeat_interleave(2, dim=1)  # (B, 2L)
-        JW = J * ww[..., None]
-        H = J.transpose(1, 2) @ JW  # (B, P, P)
+        sw = wr.sqrt().repeat(1, 2)[..., None]  # (B, 2L, 1) in the Jacobian's row order (u..., v...)
+        Jw = J.mul_(sw)  # sqrt(W) J, in place (J is a fresh tensor)
+        H = Jw.transpose(1, 2) @ Jw  # (B, P, P) = J^T W J
         coef = coef_vec(shape, expr)
-        g = (JW * r.reshape(B, 2 * L, 1)).sum(1)  # (B, P)
+        g = (Jw.transpose(1, 2) @ (sw * r.transpose(1, 2).reshape(B, 2 * L, 1))).squeeze(-1)  # (B, P) = J^T W r
         g = g + torch.cat([prob.prior[: ks + ke] * coef, torch.zeros(B, 6, dtype=dt, device=dev)], 1)
         Hd = H.diagonal(dim1=1, dim2=2)
         Hd += prob.prior  # H is now J^T W J + D_prior (in place: H is a fresh tensor)
@@ -408,7 +413,9 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
         A.diagonal(dim1=1, dim2=2).add_(mu[:, None] * dpre)
         Lc, info = torch.linalg.cholesky_ex(A)
         ok = (info == 0) & ~converged
-        delta = -torch.cholesky_solve(g[..., None], Lc).squeeze(-1)
+        # two triangular solves (much faster than cholesky_solve on CPU batches)
+        z = torch.linalg.solve_triangular(Lc, -g[..., None], upper=False)
+        delta = torch.linalg.solve_triangular(Lc.transpose(1, 2), z, upper=True).squeeze(-1)
         delta = torch.where(ok[:, None] & torch.isfinite(delta), delta, torch.zeros_like(delta))
 
         # candidate

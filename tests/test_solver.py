@@ -42,7 +42,7 @@ def test_jacobian_matches_autograd_float64(ict_model):
         RR = rotvec_to_rotmat(p[:, 15:18]) @ R
         X = _points(sh, ex, prob, None)
         x = project(X, RR, p[:, 18].exp(), p[:, 19:21])
-        return ((x - prob.y) / prob.f[:, None, None]).reshape(3, -1)
+        return ((x - prob.y) / prob.f[:, None, None]).transpose(1, 2).reshape(3, -1)
 
     p0 = torch.cat([shape[:, :10], expr[:, :5], torch.zeros(3, 3, dtype=torch.float64), s.log()[:, None], t], 1)
     Jfull = torch.autograd.functional.jacobian(resid, p0)  # (3, 136, 3, 21)

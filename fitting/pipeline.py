@@ -1,0 +1,372 @@
+"""``fit``: from photos to 3D face meshes and head poses.
+
+Stages (every stage batched over faces):
+
+1. **detect** faces (:mod:`fitting.detect`; or boxes / landmarks given by the user);
+2. **crop** each face with the standard box (:mod:`morphable.crop`) to the regressor's input size;
+3. **regress** shape, expression, rotation, scale, translation and 68 landmarks
+   (:mod:`regressors`); with a detector box the crop is re-centred once on the regressed
+   landmarks (the box rule the regressor was trained with) and regressed again;
+4. **refine** all faces at once with the batched Levenberg-Marquardt solver
+   (:func:`fitting.solver.fit_landmarks`) against the landmark head's points (or the user's
+   landmarks), starting from the regressed parameters;
+5. build meshes aligned to the image (x, y pixels, y down; z = depth in pixels, larger nearer).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from morphable.crop import CropBox, box_from_landmarks, camera_to_image, crop_image, to_image
+from morphable.errors import InputError
+from morphable.geometry import depth, project, rotmat_to_angles
+from morphable.model import MorphableModel
+
+from .solver import FitOptions, FitParams, fit_landmarks
+
+__all__ = ["FitConfig", "Pose", "FaceFit", "CropFits", "Fitter", "fit", "fit_all", "fit_batch", "fit_crops"]
+
+
+@dataclass
+class FitConfig:
+    """Options of the pipeline.
+
+    Attributes:
+        model: model name or path (None = the default ICT-FaceKit model).
+        weights: regressor weight file (None = the shipped default).
+        refine: run the LM refinement after the regressor.
+        iterations: LM iterations.
+        shape_prior, expr_prior: LM prior weights.
+        recrop: with detector boxes, re-crop once on the regressed landmarks.
+        device: torch device for the regressor and the solver.
+        threads: torch threads (None = leave as is).
+        max_faces: faces per image at most (largest first), None = all.
+    """
+
+    model: Optional[str] = None
+    weights: Optional[str] = None
+    refine: bool = True
+    iterations: int = 5
+    shape_prior: float = 1.0
+    expr_prior: float = 1.0
+    recrop: bool = True
+    device: str = "cpu"
+    threads: Optional[int] = None
+    max_faces: Optional[int] = None
+
+
+@dataclass
+class Pose:
+    """Head pose and fit of one face.
+
+    Attributes:
+        yaw, pitch, roll: degrees, AFLW2000-3D convention (:mod:`morphable.geometry`): positive yaw
+            turns the face toward image-left, positive pitch raises it, positive roll moves the top
+            of the head toward image-right.
+        rotation: (3, 3) model -> camera rotation.
+        scale: pixels per millimetre.
+        translation: (2,) image pixels of the model origin.
+        landmarks: (68, 2) fitted landmarks, image pixels (0-based, y down).
+        rmse: reprojection RMSE (px) of the fitted landmarks against the targets.
+        converged: LM convergence flag (False when refinement is off).
+        box: (4,) [x0, y0, x1, y1] the face's crop box, pixels.
+    """
+
+    yaw: float
+    pitch: float
+    roll: float
+    rotation: np.ndarray
+    scale: float
+    translation: np.ndarray
+    landmarks: np.ndarray
+    rmse: float
+    converged: bool
+    box: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"yaw": self.yaw, "pitch": self.pitch, "roll": self.roll, "rotation": self.rotation.tolist(),
+                "scale": self.scale, "translation": self.translation.tolist(), "landmarks": self.landmarks.tolist(),
+                "rmse": self.rmse, "converged": self.converged, "box": self.box.tolist()}
+
+
+@dataclass
+class FaceFit:
+    """One fitted face: mesh in image coordinates plus the pose and parameters.
+
+    Attributes:
+        vertices_img: (N, 3) x, y image px (y down), z = depth px (larger nearer).
+        triangles: (T, 3) int64.
+        landmarks: (68, 2) image px.
+        rotation: (3, 3).
+        angles_deg: (3,) [yaw, pitch, roll] degrees.
+        scale: px per mm; translation: (2,) px.
+        rmse, converged: fit quality.
+        box: (4,) crop box [x0, y0, x1, y1] px.
+        shape, expr: (Ks,), (Ke,) model coefficients.
+        model_name: the model's name.
+    """
+
+    vertices_img: np.ndarray
+    triangles: np.ndarray
+    landmarks: np.ndarray
+    rotation: np.ndarray
+    angles_deg: np.ndarray
+    scale: float
+    translation: np.ndarray
+    rmse: float
+    converged: bool
+    box: np.ndarray
+    shape: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    expr: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    model_name: str = ""
+
+    @property
+    def pose(self) -> Pose:
+        y, p, r = (float(v) for v in self.angles_deg)
+        return Pose(y, p, r, self.rotation, float(self.scale), self.translation, self.landmarks,
+                    float(self.rmse), bool(self.converged), self.box)
+
+    def mesh(self):
+        """The mesh as a ``trimesh.Trimesh`` (image-aligned coordinates, model triangles)."""
+        import trimesh
+
+        return trimesh.Trimesh(self.vertices_img, self.triangles, process=False)
+
+
+@dataclass
+class CropFits:
+    """Batched result of :func:`fit_crops` for B faces (torch tensors, image frame).
+
+    Attributes:
+        params: :class:`FitParams` in the image frame.
+        landmarks: (B, 68, 2) image px of the model's 68 landmark vertices.
+        landmarks3d: (B, 68, 3) x, y px and z = depth px (larger nearer).
+        rotation: (B, 3, 3).
+        head_landmarks: (B, 68, 2) the regressor's landmark head, image px.
+        rmse: (B,) px between the fitted landmarks and the head's; converged: (B,) bool.
+        boxes: (B, 3) [x0, y0, side] crop boxes used.
+        timings: seconds per stage for the whole batch.
+    """
+
+    params: FitParams
+    landmarks: torch.Tensor
+    landmarks3d: torch.Tensor
+    rotation: torch.Tensor
+    head_landmarks: torch.Tensor
+    rmse: torch.Tensor
+    converged: torch.Tensor
+    boxes: np.ndarray
+    timings: dict
+
+
+class Fitter:
+    """The pipeline with its model, regressor and detector loaded once.
+
+    Args:
+        config: :class:`FitConfig`.
+        detector: an object with ``detect(image) -> Detections`` (default: OpenCV Haar cascades).
+    """
+
+    def __init__(self, config: Optional[FitConfig] = None, detector=None):
+        from morphable.registry import load_model
+        from regressors.weights import load_regressor
+
+        self.config = config or FitConfig()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.model: MorphableModel = load_model(self.config.model).to(self.config.device)
+        self.regressor = load_regressor(self.config.weights, model=self.model, device=self.config.device)
+        self.crop_size = int(self.regressor.cfg.crop_size)
+        self._detector = detector
+
+    @property
+    def detector(self):
+        if self._detector is None:
+            from .detect import default_detector
+
+            self._detector = default_detector()
+        return self._detector
+
+    # ----------------------------------------------------------------- core, batched
+    def _regress(self, images: Sequence[np.ndarray], boxes: np.ndarray):
+        S = self.crop_size
+        crops = np.stack([crop_image(im, CropBox(int(b[0]), int(b[1]), int(b[2])), S) for im, b in zip(images, boxes)])
+        out = self.regressor.predict(crops)
+        dev, dt = self.model.mean.device, self.model.mean.dtype
+        t = lambda v: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v, dtype=dt, device=dev)  # noqa: E731
+        s_img, t_img = camera_to_image(t(out.scale), t(out.translation), boxes, S)
+        head = to_image(t(out.landmarks), boxes, S)
+        params = FitParams(t(out.shape), t(out.expr), t(out.rotvec), s_img, t_img)
+        return params, head
+
+    def fit_crops(self, images: Sequence[np.ndarray], boxes, refine: Optional[bool] = None,
+                  recrop: bool = False, targets: Optional[torch.Tensor] = None,
+                  weights: Optional[torch.Tensor] = None) -> CropFits:
+        """Fit one face per (image, box).
+
+        Args:
+            images: B images (H, W, 3) uint8 RGB (the same image may repeat for several faces).
+            boxes: (B, 3) int [x0, y0, side] crop boxes, image px (may leave the image).
+            refine: LM refinement (default: the config's).
+            recrop: re-crop on the regressed landmarks and regress again (for detector boxes).
+            targets: (B, 68, 2) user landmarks (image px) to refine against instead of the
+                landmark head's; ``weights`` (B, 68) their visibility.
+        """
+        refine = self.config.refine if refine is None else refine
+        boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 3)
+        if len(images) != len(boxes):
+            raise InputError(f"{len(images)} images but {len(boxes)} boxes")
+        if len(boxes) == 0:
+            raise InputError("empty batch: no faces to fit")
+        timings = {}
+        t0 = time.perf_counter()
+        params, head = self._regress(images, boxes)
+        if recrop:
+            nb = [box_from_landmarks(h) for h in head.detach().cpu().numpy()]
+            boxes = np.array([[b.x0, b.y0, b.side] for b in nb], dtype=np.int64)
+            params, head = self._regress(images, boxes)
+        timings["regressor"] = time.perf_counter() - t0
+        tgt = head if targets is None else torch.as_tensor(targets, dtype=head.dtype, device=head.device)
+        B = len(boxes)
+        if refine:
+            t0 = time.perf_counter()
+            res = fit_landmarks(self.model, tgt, weights, init=params,
+                                options=FitOptions(max_iterations=self.config.iterations, shape_prior=self.config.shape_prior,
+                                                   expr_prior=self.config.expr_prior, check_every=0))
+            timings["lm"] = time.perf_counter() - t0
+            params, rmse, conv = res.params, res.rmse, res.converged
+        else:
+            conv = torch.zeros(B, dtype=torch.bool)
+            rmse = None
+        R = params.rotation
+        X = self.model.landmark_points(params.shape, params.expr)
+        lm = project(X, R, params.scale, params.translation)
+        if rmse is None:
+            w = torch.ones(lm.shape[:2], dtype=lm.dtype) if weights is None else torch.as_tensor(weights, dtype=lm.dtype)
+            err = (lm - tgt).norm(dim=-1)
+            rmse = torch.sqrt((w * err * err).sum(-1) / w.sum(-1).clamp_min(1e-12))
+        lm3d = torch.cat([lm, depth(X, R, params.scale)[..., None]], -1)
+        return CropFits(params, lm, lm3d, R, head, rmse, conv, boxes, timings)
+
+    def faces(self, fits: CropFits, i: int) -> FaceFit:
+        """The :class:`FaceFit` of face ``i`` of a batch (builds the full mesh)."""
+        p = fits.params.index(slice(i, i + 1))
+        V = self.model.vertices(p.shape, p.expr)
+        R = fits.rotation[i:i + 1]
+        xy = project(V, R, p.scale, p.translation)[0]
+        z = depth(V, R, p.scale)[0]
+        ang = torch.rad2deg(rotmat_to_angles(R[0].double())).numpy()  # [pitch, yaw, roll]
+        b = fits.boxes[i]
+        return FaceFit(
+            vertices_img=torch.cat([xy, z[:, None]], -1).detach().cpu().numpy(),
+            triangles=self.model.triangles.cpu().numpy(),
+            landmarks=fits.landmarks[i].detach().cpu().numpy(),
+            rotation=R[0].detach().cpu().numpy(),
+            angles_deg=np.array([ang[1], ang[0], ang[2]]),
+            scale=float(p.scale[0]), translation=p.translation[0].detach().cpu().numpy(),
+            rmse=float(fits.rmse[i]), converged=bool(fits.converged[i]),
+            box=np.array([b[0], b[1], b[0] + b[2], b[1] + b[2]], dtype=np.float64),
+            shape=p.shape[0].detach().cpu().numpy(), expr=p.expr[0].detach().cpu().numpy(),
+            model_name=self.model.name)
+
+    # ----------------------------------------------------------------- user API
+    def fit_all(self, image, boxes=None, landmarks=None, bgr: bool = False) -> list[FaceFit]:
+        """Every face in one image (largest first).
+
+        Args:
+            image: path, NumPy array (H, W, 3) uint8 RGB (BGR with ``bgr=True``) or PIL image.
+            boxes: optional (K, 4) [x0, y0, x1, y1] face boxes (skips detection).
+            landmarks: optional (K, 68, 2) landmarks, image px (skips detection; the LM refines
+                against them; NaN = absent).
+        """
+        return self.fit_batch([image], [boxes] if boxes is not None else None,
+                              [landmarks] if landmarks is not None else None, bgr=bgr)[0]
+
+    def fit_batch(self, images, boxes=None, landmarks=None, bgr: bool = False) -> list[list[FaceFit]]:
+        """Many images: detect every face, then regress and refine all faces in one batched pass."""
+        from .images import load_image
+
+        imgs = [load_image(im, bgr=bgr) for im in images]
+        all_img, all_box, all_tgt, owner = [], [], [], []
+        recrop = True
+        for k, im in enumerate(imgs):
+            if landmarks is not None and landmarks[k] is not None:
+                L = np.asarray(landmarks[k], dtype=np.float64).reshape(-1, 68, 2)
+                cbs = [box_from_landmarks(l) for l in L]
+                tg = list(L)
+                recrop = False
+            else:
+                if boxes is not None and boxes[k] is not None:
+                    from .detect import BoxesDetector
+
+                    det = BoxesDetector(boxes[k]).detect(im)
+                else:
+                    det = self.detector.detect(im)
+                if self.config.max_faces:
+                    det = det[: self.config.max_faces]
+                cbs = det.crop_boxes()
+                tg = [None] * len(cbs)
+            for cb, t in zip(cbs, tg):
+                all_img.append(im)
+                all_box.append([cb.x0, cb.y0, cb.side])
+                all_tgt.append(t)
+                owner.append(k)
+        out: list[list[FaceFit]] = [[] for _ in imgs]
+        if not all_box:
+            return out
+        targets = weights = None
+        if any(t is not None for t in all_tgt):
+            T = np.stack([t if t is not None else np.full((68, 2), np.nan) for t in all_tgt])
+            weights = torch.as_tensor(np.isfinite(T).all(-1).astype(np.float32))
+            targets = torch.as_tensor(np.nan_to_num(T), dtype=torch.float32)
+        fits = self.fit_crops(all_img, np.array(all_box), recrop=recrop and self.config.recrop,
+                              targets=targets, weights=weights)
+        for i, k in enumerate(owner):
+            out[k].append(self.faces(fits, i))
+        return out
+
+    def fit(self, image, bgr: bool = False):
+        """The largest face: ``(trimesh.Trimesh, Pose)``. Raises InputError if no face is found."""
+        faces = self.fit_all(image, bgr=bgr)
+        if not faces:
+            raise InputError("no face found in the image; pass boxes= or landmarks= if the detector misses it")
+        return faces[0].mesh(), faces[0].pose
+
+
+_DEFAULT: dict = {}
+
+
+def _fitter(config: Optional[FitConfig] = None, **kw) -> Fitter:
+    cfg = config or FitConfig(**kw)
+    key = repr(cfg)
+    if key not in _DEFAULT:
+        _DEFAULT.clear()
+        _DEFAULT[key] = Fitter(cfg)
+    return _DEFAULT[key]
+
+
+def fit(image, config: Optional[FitConfig] = None, bgr: bool = False, **kw):
+    """``mesh, pose = fit(image)``: the largest face of a photo as a ``trimesh.Trimesh`` (image-aligned:
+    x, y px, y down, z px) and a :class:`Pose`. ``kw`` are :class:`FitConfig` fields."""
+    return _fitter(config, **kw).fit(image, bgr=bgr)
+
+
+def fit_all(image, config: Optional[FitConfig] = None, bgr: bool = False, boxes=None, landmarks=None, **kw) -> list[FaceFit]:
+    """Every face of one image as :class:`FaceFit` records (largest first)."""
+    return _fitter(config, **kw).fit_all(image, boxes=boxes, landmarks=landmarks, bgr=bgr)
+
+
+def fit_batch(images, config: Optional[FitConfig] = None, bgr: bool = False, **kw) -> list[list[FaceFit]]:
+    """Many images in one batched pass: a list (per image) of :class:`FaceFit` lists."""
+    return _fitter(config, **kw).fit_batch(images, bgr=bgr)
+
+
+def fit_crops(images: Union[Sequence[np.ndarray], np.ndarray], boxes, refine: bool = True,
+              config: Optional[FitConfig] = None, **kw) -> CropFits:
+    """Benchmark entry point: one face per (image, standard crop box [x0, y0, side])."""
+    f = _fitter(config, **kw)
+    return f.fit_crops(list(images), boxes, refine=refine)
