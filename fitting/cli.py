@@ -1,0 +1,335 @@
+"""``morphable fit``: photos in, per-face mesh + pose JSON + overlay picture out.
+
+Registered into the ``morphable`` command by :func:`register` (see :mod:`morphable.cli`).
+
+Per image: load (:func:`fitting.images.load_image`) -> ``fitting.pipeline.fit_all(image,
+options)`` -> for every face the three files of :mod:`fitting.outputs` -> one summary line.
+A bad image (unreadable, not an image, too large, no face) is reported on its own line and the
+run goes on; the exit status is 1 at the end if any image failed, 130 if interrupted.
+
+Ctrl-C / SIGTERM: the first signal lets the current image finish (its files complete) and then
+stops; a second one aborts at once and removes the files of the unfinished image. Every file is
+written atomically, so no half-written file is ever left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
+
+import numpy as np
+
+from morphable.errors import InputError, MorphableError
+
+from .images import IMAGE_EXTENSIONS, list_images, load_image
+from .outputs import FaceRecord, output_paths, record_json, write_face
+
+__all__ = ["register", "cmd_fit", "build_options", "example_inputs"]
+
+_REPO = Path(__file__).resolve().parent.parent
+
+_DESCRIPTION = """\
+Fit the morphable model to every face in the given photos: detect faces, regress the model
+parameters and 68 landmarks with the CNN, refine by Levenberg-Marquardt, and write per face
+  <stem>[_k].obj           mesh, image-aligned px (x right, y up = H-1-row, z toward the camera),
+                           vertex colours from the photo
+  <stem>[_k].json          yaw/pitch/roll (degrees), rotation, scale, translation, 68 landmarks, rmse
+  <stem>[_k]_overlay.png   the mesh, landmarks and pose axes over the photo
+(face 0 has no _k suffix). Folders are expanded to their image files, sorted by name.
+"""
+
+_EPILOG = """\
+examples:
+  morphable fit --example --out out/                 # a bundled example photo
+  morphable fit photos/ --out out/ --resume          # a folder; skip images already done
+  morphable fit a.jpg b.png --out out/ --json > results.json
+
+exit status: 0 all images fitted, 1 some image failed (each is reported), 2 bad command line,
+130 interrupted.
+"""
+
+
+def register(subparsers) -> None:
+    """Add the ``fit`` subcommand to ``morphable``'s subparsers."""
+    p = subparsers.add_parser("fit", help="fit the model to photos: mesh + head pose per face",
+                              description=_DESCRIPTION, epilog=_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--example", action="store_true",
+                   help="also fit an example photo (scikit-image's public-domain astronaut, from the "
+                        "'examples' extra, or ../shared/data/faces68 when present)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout (progress goes to stderr)")
+    p.add_argument("--no-lm", action="store_true", help="skip the Levenberg-Marquardt refinement (CNN output only)")
+    p.add_argument("--iterations", type=_nonneg_int, default=None, metavar="N", help="LM iterations (default: the pipeline's)")
+    p.add_argument("--model", default=None, metavar="M", help="morphable model name or file (default: ICT-FaceKit)")
+    p.add_argument("--weights", default=None, metavar="W", help="regressor weights file (default: the bundled ones)")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default: cpu)")
+    p.add_argument("--resume", action="store_true", help="skip images whose output files all exist")
+    p.add_argument("--max-pixels", type=_pos_int, default=None, metavar="N",
+                   help="refuse images with more pixels than N (default 100000000 or $MORPHABLE_MAX_PIXELS)")
+    p.set_defaults(func=cmd_fit)
+
+
+def _nonneg_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _pos_int(s: str) -> int:
+    v = int(float(s))
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+# --------------------------------------------------------------------------- inputs
+def example_inputs() -> list:
+    """The ``--example`` work items: ``[(label, stem, source)]`` with an array or a path source."""
+    try:
+        from skimage import data  # lazy: optional dependency (extra "examples")
+
+        return [("astronaut (scikit-image, public domain)", "astronaut", np.asarray(data.astronaut()))]
+    except Exception:
+        pass
+    for folder in (_REPO.parent / "shared/data/faces68", Path.cwd().parent / "shared/data/faces68",
+                   Path.cwd() / "shared/data/faces68"):
+        if folder.is_dir():
+            return [(str(p), p.stem, p) for p in list_images([folder])]
+    raise InputError("--example needs scikit-image (pip install 'morphable[examples]') or the "
+                     "../shared/data/faces68 folder next to the checkout")
+
+
+def _work_items(args) -> list:
+    items = []
+    if args.example:
+        items += example_inputs()
+    paths = list_images(args.inputs)  # a missing path stays in: it is reported on its own line
+    items += [(str(p), p.stem, p) for p in paths]
+    if not items:
+        raise InputError("no images given: pass image files or folders (extensions: "
+                         f"{' '.join(IMAGE_EXTENSIONS)}), or --example")
+    # unique stems: a second 'a' (a.png beside a.jpg, or the same name in another folder)
+    # becomes 'a_png' / 'a_png_2'
+    seen: set = set()
+    out = []
+    for label, stem, src in items:
+        s = stem
+        if s in seen and isinstance(src, Path):
+            s = f"{stem}_{src.suffix.lstrip('.').lower() or 'img'}"
+        base, k = s, 2
+        while s in seen:
+            s, k = f"{base}_{k}", k + 1
+        seen.add(s)
+        out.append((label, s, src))
+    return out
+
+
+# --------------------------------------------------------------------------- pipeline glue
+def _pipeline():
+    try:
+        return importlib.import_module("fitting.pipeline")
+    except ImportError as e:
+        raise MorphableError(f"the fitting pipeline is not available ({e}); reinstall morphable") from None
+
+
+def build_options(args, pipeline=None):
+    """The ``options`` object passed to ``fit_all`` from the command-line arguments.
+
+    Uses the pipeline's options dataclass when it has one (``FitAllOptions`` or
+    ``PipelineOptions``; only the fields it defines are set, None values keep its defaults),
+    else a namespace with ``lm, iterations, model, weights, device``.
+    """
+    values = {"lm": not args.no_lm, "refine": not args.no_lm, "iterations": args.iterations,
+              "max_iterations": args.iterations, "model": args.model, "weights": args.weights,
+              "device": args.device}
+    cls = None
+    for name in ("FitAllOptions", "PipelineOptions"):
+        cls = getattr(pipeline, name, None) if pipeline is not None else None
+        if cls is not None:
+            break
+    if cls is not None and dataclasses.is_dataclass(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+    return SimpleNamespace(lm=values["lm"], iterations=args.iterations, model=args.model,
+                           weights=args.weights, device=args.device)
+
+
+def _np(a, dtype=np.float64):
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return None if a is None else np.asarray(a, dtype=dtype)
+
+
+def _record(face, image: np.ndarray, stem: str, k: int, model_name: str, label: str) -> FaceRecord:
+    return FaceRecord(
+        image=image, stem=stem, index=k,
+        vertices_img=_np(face.vertices_img), triangles=_np(face.triangles, np.int64),
+        landmarks=_np(face.landmarks), rotation=_np(face.rotation), angles_deg=_np(face.angles_deg),
+        scale=float(_np(face.scale)), translation=_np(face.translation),
+        rmse=float(_np(face.rmse)) if getattr(face, "rmse", None) is not None else float("nan"),
+        converged=bool(getattr(face, "converged", False)),
+        box=_np(getattr(face, "box", None)), model_name=getattr(face, "model_name", None) or model_name,
+        extra={"image": label},
+    )
+
+
+# --------------------------------------------------------------------------- signals
+class _Stop:
+    """First SIGINT/SIGTERM: finish the current image, then stop. Second: abort now."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nmorphable fit: {signal.Signals(signum).name}: finishing the current image, then stopping "
+              "(again to abort now)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except (ValueError, OSError):  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+        return False
+
+
+def _remove(paths) -> None:
+    for p in paths:
+        try:
+            Path(p).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _stale_faces(out_dir: Path, stem: str, n: int) -> list:
+    """Output files of faces >= n left by an earlier run of the same image."""
+    stale, k = [], max(n, 1)
+    while True:
+        ps = [p for p in output_paths(out_dir, stem, k).values() if p.exists()]
+        if not ps:
+            return stale
+        stale += ps
+        k += 1
+
+
+# --------------------------------------------------------------------------- the command
+def cmd_fit(args) -> int:
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: exists and is not a folder; choose a folder path")
+    items = _work_items(args)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipeline = _pipeline()
+    fit_all = getattr(pipeline, "fit_all", None)
+    if fit_all is None:
+        raise MorphableError("fitting.pipeline has no fit_all(); reinstall morphable")
+    options = build_options(args, pipeline)
+    model_name = args.model or "ict-facekit"
+    human = sys.stderr if args.json else sys.stdout
+
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), unit="img", file=sys.stderr, leave=False,
+                   disable=len(items) < 2 or not sys.stderr.isatty())
+        say = lambda msg, err=False: bar.write(msg, file=sys.stderr if err else human)  # noqa: E731
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        bar = None
+        say = lambda msg, err=False: print(msg, file=sys.stderr if err else human)  # noqa: E731
+
+    results, n_fail, n_faces, n_skip, interrupted = [], 0, 0, 0, False
+    t_start = time.perf_counter()
+    with _Stop() as stop:
+        for label, stem, src in items:
+            if stop.requested:
+                interrupted = True
+                break
+            written_now: list = []
+            try:
+                if args.resume and all(p.exists() for p in output_paths(out_dir, stem, 0).values()):
+                    n_skip += 1
+                    say(f"{label}: skipped (outputs exist in {out_dir})")
+                    results.append({"image": label, "status": "skipped"})
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    image = load_image(src, max_pixels=args.max_pixels, name=label)
+                    faces = list(fit_all(image, options) or [])
+                    if not faces:
+                        raise InputError(f"{label}: no face found; use a photo where the face is larger, "
+                                         "upright and not heavily occluded")
+                except MorphableError as e:
+                    n_fail += 1
+                    msg = str(e) if label in str(e) else f"{label}: {e}"
+                    say(f"morphable: error: {' '.join(msg.split())}", err=True)
+                    results.append({"image": label, "status": "error", "error": " ".join(str(e).split())})
+                    continue
+                except (MemoryError, RuntimeError, ValueError) as e:  # a pipeline failure on one image
+                    n_fail += 1
+                    say(f"morphable: error: {label}: fitting failed ({type(e).__name__}: {' '.join(str(e).split())})",
+                        err=True)
+                    results.append({"image": label, "status": "error", "error": f"{type(e).__name__}: {e}"})
+                    continue
+                docs = []
+                for k, face in enumerate(faces):
+                    rec = _record(face, image, stem, k, model_name, label)
+                    files = output_paths(out_dir, stem, k)
+                    written_now += list(files.values())
+                    write_face(rec, out_dir)
+                    docs.append(record_json(rec, files))
+                _remove(_stale_faces(out_dir, stem, len(faces)))
+                written_now = []
+                n_faces += len(faces)
+                dt = time.perf_counter() - t0
+                say(_summary(label, docs, out_dir, dt))
+                results.append({"image": label, "status": "ok", "faces": docs, "seconds": round(dt, 3)})
+            except KeyboardInterrupt:
+                _remove(written_now)  # no half-finished image stays behind
+                interrupted = True
+                say(f"{label}: aborted, its files removed", err=True)
+                break
+            finally:
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    if args.json:
+        print(json.dumps({"out": str(out_dir), "images": results, "failed": n_fail, "interrupted": interrupted},
+                         indent=1, allow_nan=False))
+    done = sum(r["status"] == "ok" for r in results)
+    print(f"morphable fit: {done} image(s) fitted, {n_faces} face(s) written to {out_dir}, {n_skip} skipped, "
+          f"{n_fail} failed ({time.perf_counter() - t_start:.1f} s)" + (", interrupted" if interrupted else ""),
+          file=sys.stderr)
+    if interrupted:
+        return 130
+    return 1 if n_fail else 0
+
+
+def _summary(label: str, docs: list, out_dir: Path, dt: float) -> str:
+    parts = []
+    for d in docs:
+        p = d["pose"]
+        rm = d.get("rmse_px")
+        parts.append(f"yaw {p['yaw']:+.1f} pitch {p['pitch']:+.1f} roll {p['roll']:+.1f} deg, "
+                     f"rmse {'n/a' if rm is None else f'{rm:.2f} px'}{'' if d['converged'] else ' (not converged)'}")
+    first = output_paths(out_dir, docs[0]["stem"], 0)["mesh"]
+    return f"{label}: {len(docs)} face(s) [{'; '.join(parts)}] -> {first} ({dt:.2f} s)"
