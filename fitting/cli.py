@@ -4,8 +4,9 @@ Registered into the ``morphable`` command by :func:`register` (see :mod:`morphab
 
 Per image: load (:func:`fitting.images.load_image`) -> ``fitting.pipeline.fit_all(image,
 options)`` -> for every face the three files of :mod:`fitting.outputs` -> one summary line.
-A bad image (unreadable, not an image, too large, no face) is reported on its own line and the
-run goes on; the exit status is 1 at the end if any image failed, 130 if interrupted.
+A bad image (unreadable, not an image, too large, no face: an ``InputError``) is reported on its
+own line and the run goes on; the exit status is 1 at the end if any image failed, 130 if
+interrupted. A setup problem (missing weights or model) stops the run at once with one line.
 
 Ctrl-C / SIGTERM: the first signal lets the current image finish (its files complete) and then
 stops; a second one aborts at once and removes the files of the unfinished image. Every file is
@@ -22,14 +23,11 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional
-
-import numpy as np
 
 from morphable.errors import InputError, MorphableError
 
-from .images import IMAGE_EXTENSIONS, list_images, load_image
-from .outputs import FaceRecord, output_paths, record_json, write_face
+# numpy, PIL, OpenCV and the output writers are imported inside the functions: `register` runs
+# for every `morphable` command (e.g. `morphable info`) and must stay cheap.
 
 __all__ = ["register", "cmd_fit", "build_options", "example_inputs"]
 
@@ -95,6 +93,10 @@ def _pos_int(s: str) -> int:
 # --------------------------------------------------------------------------- inputs
 def example_inputs() -> list:
     """The ``--example`` work items: ``[(label, stem, source)]`` with an array or a path source."""
+    import numpy as np
+
+    from .images import list_images
+
     try:
         from skimage import data  # lazy: optional dependency (extra "examples")
 
@@ -110,6 +112,8 @@ def example_inputs() -> list:
 
 
 def _work_items(args) -> list:
+    from .images import IMAGE_EXTENSIONS, list_images
+
     items = []
     if args.example:
         items += example_inputs()
@@ -145,32 +149,38 @@ def _pipeline():
 def build_options(args, pipeline=None):
     """The ``options`` object passed to ``fit_all`` from the command-line arguments.
 
-    Uses the pipeline's options dataclass when it has one (``FitAllOptions`` or
-    ``PipelineOptions``; only the fields it defines are set, None values keep its defaults),
-    else a namespace with ``lm, iterations, model, weights, device``.
+    Uses the pipeline's options dataclass (:class:`fitting.pipeline.FitConfig`; only the fields
+    it defines are set, None values keep its defaults), else a namespace with
+    ``lm, refine, iterations, model, weights, device``.
     """
     values = {"lm": not args.no_lm, "refine": not args.no_lm, "iterations": args.iterations,
               "max_iterations": args.iterations, "model": args.model, "weights": args.weights,
               "device": args.device}
     cls = None
-    for name in ("FitAllOptions", "PipelineOptions"):
+    for name in ("FitConfig", "FitAllOptions", "PipelineOptions"):
         cls = getattr(pipeline, name, None) if pipeline is not None else None
         if cls is not None:
             break
     if cls is not None and dataclasses.is_dataclass(cls):
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names and v is not None})
-    return SimpleNamespace(lm=values["lm"], iterations=args.iterations, model=args.model,
-                           weights=args.weights, device=args.device)
+    return SimpleNamespace(lm=values["lm"], refine=values["refine"], iterations=args.iterations,
+                           model=args.model, weights=args.weights, device=args.device)
 
 
-def _np(a, dtype=np.float64):
+def _np(a, dtype=float):
+    import numpy as np
+
     if hasattr(a, "detach"):
         a = a.detach().cpu().numpy()
     return None if a is None else np.asarray(a, dtype=dtype)
 
 
-def _record(face, image: np.ndarray, stem: str, k: int, model_name: str, label: str) -> FaceRecord:
+def _record(face, image, stem: str, k: int, model_name: str, label: str):
+    import numpy as np
+
+    from .outputs import FaceRecord
+
     return FaceRecord(
         image=image, stem=stem, index=k,
         vertices_img=_np(face.vertices_img), triangles=_np(face.triangles, np.int64),
@@ -222,6 +232,8 @@ def _remove(paths) -> None:
 
 def _stale_faces(out_dir: Path, stem: str, n: int) -> list:
     """Output files of faces >= n left by an earlier run of the same image."""
+    from .outputs import output_paths
+
     stale, k = [], max(n, 1)
     while True:
         ps = [p for p in output_paths(out_dir, stem, k).values() if p.exists()]
@@ -232,7 +244,17 @@ def _stale_faces(out_dir: Path, stem: str, n: int) -> list:
 
 
 # --------------------------------------------------------------------------- the command
+def write_face(rec, out_dir, **kw):
+    """:func:`fitting.outputs.write_face` (a module-level name so tests can intercept it)."""
+    from .outputs import write_face as _write
+
+    return _write(rec, out_dir, **kw)
+
+
 def cmd_fit(args) -> int:
+    from .images import load_image
+    from .outputs import output_paths, record_json
+
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: exists and is not a folder; choose a folder path")
@@ -258,60 +280,64 @@ def cmd_fit(args) -> int:
 
     results, n_fail, n_faces, n_skip, interrupted = [], 0, 0, 0, False
     t_start = time.perf_counter()
-    with _Stop() as stop:
-        for label, stem, src in items:
-            if stop.requested:
-                interrupted = True
-                break
-            written_now: list = []
-            try:
-                if args.resume and all(p.exists() for p in output_paths(out_dir, stem, 0).values()):
-                    n_skip += 1
-                    say(f"{label}: skipped (outputs exist in {out_dir})")
-                    results.append({"image": label, "status": "skipped"})
-                    continue
-                t0 = time.perf_counter()
+    try:
+        with _Stop() as stop:
+            for label, stem, src in items:
+                if stop.requested:
+                    interrupted = True
+                    break
+                written_now: list = []
                 try:
-                    image = load_image(src, max_pixels=args.max_pixels, name=label)
-                    faces = list(fit_all(image, options) or [])
-                    if not faces:
-                        raise InputError(f"{label}: no face found; use a photo where the face is larger, "
-                                         "upright and not heavily occluded")
-                except MorphableError as e:
-                    n_fail += 1
-                    msg = str(e) if label in str(e) else f"{label}: {e}"
-                    say(f"morphable: error: {' '.join(msg.split())}", err=True)
-                    results.append({"image": label, "status": "error", "error": " ".join(str(e).split())})
-                    continue
-                except (MemoryError, RuntimeError, ValueError) as e:  # a pipeline failure on one image
-                    n_fail += 1
-                    say(f"morphable: error: {label}: fitting failed ({type(e).__name__}: {' '.join(str(e).split())})",
-                        err=True)
-                    results.append({"image": label, "status": "error", "error": f"{type(e).__name__}: {e}"})
-                    continue
-                docs = []
-                for k, face in enumerate(faces):
-                    rec = _record(face, image, stem, k, model_name, label)
-                    files = output_paths(out_dir, stem, k)
-                    written_now += list(files.values())
-                    write_face(rec, out_dir)
-                    docs.append(record_json(rec, files))
-                _remove(_stale_faces(out_dir, stem, len(faces)))
-                written_now = []
-                n_faces += len(faces)
-                dt = time.perf_counter() - t0
-                say(_summary(label, docs, out_dir, dt))
-                results.append({"image": label, "status": "ok", "faces": docs, "seconds": round(dt, 3)})
-            except KeyboardInterrupt:
-                _remove(written_now)  # no half-finished image stays behind
-                interrupted = True
-                say(f"{label}: aborted, its files removed", err=True)
-                break
-            finally:
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+                    if args.resume and all(p.exists() for p in output_paths(out_dir, stem, 0).values()):
+                        n_skip += 1
+                        say(f"{label}: skipped (outputs exist in {out_dir})")
+                        results.append({"image": label, "status": "skipped"})
+                        continue
+                    t0 = time.perf_counter()
+                    try:
+                        image = load_image(src, max_pixels=args.max_pixels, name=label)
+                        faces = list(fit_all(image, options) or [])
+                        if not faces:
+                            raise InputError(f"{label}: no face found; use a photo where the face is larger, "
+                                             "upright and not heavily occluded")
+                    except MorphableError as e:
+                        if not isinstance(e, InputError):
+                            raise  # missing weights/model, broken install: fatal, not about this image
+                        n_fail += 1
+                        msg = str(e) if label in str(e) else f"{label}: {e}"
+                        say(f"morphable: error: {' '.join(msg.split())}", err=True)
+                        results.append({"image": label, "status": "error", "error": " ".join(str(e).split())})
+                        continue
+                    except (MemoryError, RuntimeError, ValueError) as e:  # a pipeline failure on one image
+                        n_fail += 1
+                        say(f"morphable: error: {label}: fitting failed ({type(e).__name__}: {' '.join(str(e).split())})",
+                            err=True)
+                        results.append({"image": label, "status": "error", "error": f"{type(e).__name__}: {e}"})
+                        continue
+                    docs = []
+                    for k, face in enumerate(faces):
+                        rec = _record(face, image, stem, k, model_name, label)
+                        files = output_paths(out_dir, stem, k)
+                        written_now += list(files.values())
+                        write_face(rec, out_dir)
+                        docs.append(record_json(rec, files))
+                    _remove(_stale_faces(out_dir, stem, len(faces)))
+                    written_now = []
+                    n_faces += len(faces)
+                    dt = time.perf_counter() - t0
+                    say(_summary(label, docs, out_dir, dt))
+                    results.append({"image": label, "status": "ok", "faces": docs, "seconds": round(dt, 3)})
+                except KeyboardInterrupt:
+                    _remove(written_now)  # no half-finished image stays behind
+                    interrupted = True
+                    say(f"{label}: aborted, its files removed", err=True)
+                    break
+                finally:
+                    if bar is not None:
+                        bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     if args.json:
         print(json.dumps({"out": str(out_dir), "images": results, "failed": n_fail, "interrupted": interrupted},
                          indent=1, allow_nan=False))
@@ -325,6 +351,8 @@ def cmd_fit(args) -> int:
 
 
 def _summary(label: str, docs: list, out_dir: Path, dt: float) -> str:
+    from .outputs import output_paths
+
     parts = []
     for d in docs:
         p = d["pose"]

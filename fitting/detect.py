@@ -171,7 +171,7 @@ class OpenCVDetector:
 
     def __init__(self, min_face: float = 0.1, min_face_px: int = 24, scale_factor: float = 1.1,
                  min_neighbors: Sequence[int] = (4, 5), profile: bool = True,
-                 fallback_rotations: Sequence[float] = (-30.0, 30.0), fallback_min_neighbors: Sequence[int] = (3, 4),
+                 fallback_rotations: Sequence[float] = (-30.0, 30.0), fallback_min_neighbors: Sequence[int] = (3, 3),
                  max_faces: Optional[int] = None, equalize: bool = True, nms_iou: float = 0.3):
         self.min_face = float(min_face)
         self.min_face_px = int(min_face_px)

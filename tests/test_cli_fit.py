@@ -201,3 +201,33 @@ def test_example_inputs(shared):
 
     items = example_inputs()
     assert items and all(len(it) == 3 for it in items)
+
+
+def test_setup_error_is_fatal_once(folder, tmp_path, fake_pipeline, monkeypatch, capsys):
+    from morphable.errors import WeightsError
+
+    def no_weights(image, options):
+        raise WeightsError("default.pt: regressor weight file not found; train one")
+
+    monkeypatch.setattr(sys.modules["fitting.pipeline"], "fit_all", no_weights)
+    assert main(["fit", str(folder), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("weight file not found") == 1  # not repeated for every image
+
+
+def test_options_use_the_pipeline_config(tmp_path, fake_pipeline):
+    from dataclasses import dataclass as dc
+
+    from fitting.cli import build_options
+
+    @dc
+    class FitConfig:
+        model: str = None
+        weights: str = None
+        refine: bool = True
+        iterations: int = 5
+        device: str = "cpu"
+
+    args = types.SimpleNamespace(no_lm=True, iterations=None, model="m.h5", weights=None, device="cpu")
+    cfg = build_options(args, types.SimpleNamespace(FitConfig=FitConfig))
+    assert cfg == FitConfig(model="m.h5", refine=False, iterations=5)
