@@ -1,0 +1,148 @@
+r"""Speed of the regressors on this machine (not a test): ``python -m regressors.bench [--labels FILE]``.
+
+Prints JSON lines:
+
+* forward latency per face (torch eager, eval, no grad) at batch 1 and 64, both networks, 1 and 2
+  threads; onnxruntime (float and dynamic int8) for the MobileNet at batch 1;
+* training-step throughput (images/s) of the MobileNet at batch 64 with 2 threads: the optimiser step
+  alone on a fixed batch, and, with ``--labels``, end to end with the real data pipeline
+  (DataLoader with 0 and 1 workers).
+
+Each timing is the median and the minimum over repeats after warm-up; on a shared machine the
+minimum is the better estimate of the uncontended speed. The load average is printed with each line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .networks import Regressor, RegressorConfig
+
+
+def _load() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except OSError:
+        return float("nan")
+
+
+def _time(fn, repeats: int, warmup: int = 2):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts), min(ts)
+
+
+def _emit(rec: dict):
+    rec["load1"] = _load()
+    print(json.dumps(rec), flush=True)
+
+
+def _fake_batch(B: int, Ks: int, Ke: int):
+    return {"image": torch.randn(B, 3, 120, 120), "visible": torch.ones(B, 68), "target": torch.rand(B, 68, 2) * 120,
+            "shape": torch.zeros(B, Ks), "expr": torch.zeros(B, Ke), "rotmat": torch.eye(3).expand(B, 3, 3).clone(),
+            "scale": torch.full((B,), 0.6), "translation": torch.full((B, 2), 60.0),
+            "landmarks3d": torch.rand(B, 68, 2) * 120, "shape_w": torch.ones(B), "expr_w": torch.ones(B)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m regressors.bench")
+    ap.add_argument("--labels", default=None, help="pseudo-label file for the end-to-end training measurement")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--skip-forward", action="store_true")
+    ap.add_argument("--skip-train", action="store_true")
+    args = ap.parse_args(argv)
+    from morphable.registry import load_model
+
+    model = load_model()
+    Ks, Ke = model.n_shape, model.n_expr
+    nets = {a: Regressor(RegressorConfig(arch=a, n_shape=Ks, n_expr=Ke), model.expr_lower, model.expr_upper).eval()
+            for a in ("mobilenet", "resnet")}
+    if not args.skip_forward:
+        for arch, reg in nets.items():
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                for B in (1, 64):
+                    x = torch.randn(B, 3, 120, 120)
+                    with torch.no_grad():
+                        med, mn = _time(lambda: reg(x), args.repeats if B == 1 else max(args.repeats // 4, 3))
+                    _emit({"what": "forward_torch", "arch": arch, "params_M": round(reg.n_params / 1e6, 2), "threads": threads,
+                           "batch": B, "ms_per_face_median": round(1e3 * med / B, 3), "ms_per_face_min": round(1e3 * mn / B, 3)})
+        try:
+            from .weights import OnnxRegressor, export_onnx
+
+            with tempfile.TemporaryDirectory() as d:
+                p = export_onnx(nets["mobilenet"], Path(d) / "m.onnx")
+                for quant in (False, True):
+                    for threads in (1, 2):
+                        o = OnnxRegressor(p, threads=threads, quantize=quant)
+                        for B in (1, 64):
+                            crops = np.zeros((B, 120, 120, 3), np.uint8)
+                            med, mn = _time(lambda: o.predict(crops), args.repeats if B == 1 else max(args.repeats // 4, 3))
+                            _emit({"what": "forward_onnx" + ("_int8" if quant else ""), "arch": "mobilenet", "threads": threads,
+                                   "batch": B, "ms_per_face_median": round(1e3 * med / B, 3),
+                                   "ms_per_face_min": round(1e3 * mn / B, 3)})
+        except ImportError:
+            pass
+    if args.skip_train:
+        return 0
+    from .losses import RegressorLoss
+
+    torch.set_num_threads(2)
+    reg = Regressor(RegressorConfig(n_shape=Ks, n_expr=Ke), model.expr_lower, model.expr_upper).train()
+    crit = RegressorLoss(model)
+    opt = torch.optim.AdamW(reg.parameters(), 1e-3)
+    batch = _fake_batch(64, Ks, Ke)
+
+    def step(b):
+        loss, _ = crit(reg, b["image"], b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    med, mn = _time(lambda: step(batch), max(args.repeats // 2, 5))
+    _emit({"what": "train_step_compute", "arch": "mobilenet", "threads": 2, "batch": 64,
+           "img_per_s_median": round(64 / med, 1), "img_per_s_max": round(64 / mn, 1)})
+    if args.labels:
+        from torch.utils.data import DataLoader
+
+        from .data import FaceLabelDataset, load_labels, select_labels
+        from .train import EpochBatches
+
+        lab = load_labels(args.labels)
+        lab = select_labels(lab, np.flatnonzero(lab["ok"] & (lab["split"] == "train")))
+        ds = FaceLabelDataset(lab, expression_names=model.info.expression_names, augment=True)
+        t = time.perf_counter()
+        n = 256
+        for i in range(n):
+            ds[i]
+        _emit({"what": "data_item", "ms_per_item": round(1e3 * (time.perf_counter() - t) / n, 3)})
+        for workers in (0, 1):
+            loader = DataLoader(ds, batch_sampler=EpochBatches(len(ds), 64, 0, workers), num_workers=workers)
+            it = iter(loader)
+            step(next(it))
+            k, t = 0, time.perf_counter()
+            for b in it:
+                step(b)
+                k += 1
+                if k == 12:
+                    break
+            dt = time.perf_counter() - t
+            _emit({"what": "train_step_end_to_end", "arch": "mobilenet", "threads": 2, "batch": 64, "workers": workers,
+                   "img_per_s": round(64 * k / dt, 1)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

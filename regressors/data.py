@@ -1,0 +1,423 @@
+r"""Pseudo-label files and the training dataset of the regressors.
+
+Label file (npz, written with :func:`save_labels`, read with :func:`load_labels`); N rows:
+
+=============== ============ =================================================================
+key             shape/dtype  meaning
+=============== ============ =================================================================
+``name``        (N,) str     image path relative to ``../shared/data`` (``ytf68/train/x.jpg``)
+``set``         (N,) str     ``'ytf68'`` or ``'aflw21'``
+``shape``       (N, Ks)      shape coefficients of the fit
+``expr``        (N, Ke)      expression coefficients of the fit
+``rotvec``      (N, 3)       rotation vector, radians (``R = exp([w]_x)``)
+``scale``       (N,)         weak-perspective scale, image px per mm
+``translation`` (N, 2)       image px: ``x = s * P @ R @ X + t`` in the ORIGINAL image's frame
+``landmarks3d`` (N, 68, 2)   the fit's 68 model landmarks projected, image px (3D-style)
+``target``      (N, 68, 2)   annotated points mapped to iBUG-68, image px, NaN where absent
+``visible``     (N, 68)      float weights of ``target`` (0 where absent)
+``rmse``        (N,)         fit residual, px
+``ok``          (N,) bool    the fit is usable
+``split``       (N,) str     ``'train'`` or ``'val'``
+``model``       () str       optional: name of the morphable model the labels belong to
+=============== ============ =================================================================
+
+Image pixels are 0-based with pixel centres on integers (:mod:`morphable.crop`).
+
+The dataset crops each image with the standard box of :func:`morphable.crop.box_from_landmarks`
+on ``landmarks3d`` (the benchmark's rule on its GT 3D landmarks) and returns the crop and the
+labels in the crop frame. Training augmentation (seeded per ``(seed, epoch, index)``):
+
+* horizontal flip (p=0.5): image mirrored, landmarks mirrored and permuted with
+  :data:`IBUG68_FLIP`, pose mirrored ``R -> M R M`` (M = diag(-1, 1, 1)), translation mirrored,
+  expression coefficients swapped between mirror-named pairs (``_L``/``_R``, ``Left``/``Right``);
+  identity coefficients are not mirror-symmetric, so flipped samples get ``shape_w = 0`` (the
+  shape-parameter loss is masked; landmark and vertex losses stay);
+* a random similarity of the box: scale 0.9-1.1, shift +-5% of its side and (p=0.5) an in-plane
+  rotation of +-15 degrees about its centre, composed into the labels exactly
+  (:func:`rotate_labels`: ``R' = Rz(theta) @ R``, points and translation rotated in the image);
+* brightness/contrast/colour, grey (p=0.1), Gaussian blur (p=0.2), random occlusion boxes (p=0.3).
+
+Without augmentation the crop is :func:`morphable.crop.crop_image`, exactly as in the benchmark.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from morphable.crop import CROP_SIZE, CropBox, box_from_landmarks, camera_to_crop, crop_image, to_crop
+from morphable.geometry import angles_to_rotmat, rotmat_to_rotvec, rotvec_to_rotmat
+
+from .networks import PIXEL_MEAN, PIXEL_SCALE
+
+__all__ = [
+    "IBUG68_FLIP",
+    "LABEL_KEYS",
+    "expression_flip_permutation",
+    "save_labels",
+    "load_labels",
+    "default_data_root",
+    "flip_labels",
+    "rotate_labels",
+    "labels_to_crop",
+    "crop_labels",
+    "FaceLabelDataset",
+]
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _flip68() -> np.ndarray:
+    p = np.arange(68)
+    pairs = [(i, 16 - i) for i in range(8)]  # jaw
+    pairs += [(17 + i, 26 - i) for i in range(5)]  # brows
+    pairs += [(31, 35), (32, 34)]  # nose base
+    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
+    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lips
+    pairs += [(60, 64), (61, 63), (65, 67)]  # inner lips
+    for a, b in pairs:
+        p[a], p[b] = b, a
+    return p
+
+
+#: iBUG-68 mirror permutation: point j of a mirrored face is the mirror of point ``IBUG68_FLIP[j]``.
+IBUG68_FLIP = _flip68()
+
+#: name -> (trailing shape after N, dtype kind) of the label file's per-row arrays.
+LABEL_KEYS = {
+    "name": ((), "U"), "set": ((), "U"), "shape": (("Ks",), "f"), "expr": (("Ke",), "f"), "rotvec": ((3,), "f"),
+    "scale": ((), "f"), "translation": ((2,), "f"), "landmarks3d": ((68, 2), "f"), "target": ((68, 2), "f"),
+    "visible": ((68,), "f"), "rmse": ((), "f"), "ok": ((), "b"), "split": ((), "U"),
+}
+
+
+def expression_flip_permutation(names: Sequence[str]) -> Optional[np.ndarray]:
+    """Mirror permutation of expression coefficients from their names, or None if unknown.
+
+    ``_L``/``_R`` suffixes and ``Left``/``Right`` words swap (``eyeBlink_L <-> eyeBlink_R``,
+    ``jawLeft <-> jawRight``); unpaired names (``jawOpen``) map to themselves. Unnamed (PCA)
+    bases give None: their mirror is not a permutation.
+    """
+    names = list(names)
+    if not names:
+        return None
+    pos = {n: i for i, n in enumerate(names)}
+    swap = {"_L": "_R", "_R": "_L", "Left": "Right", "Right": "Left", "_l": "_r", "_r": "_l", "left": "right", "right": "left"}
+    pat = re.compile(r"(_L|_R|_l|_r)$|(Left|Right|left|right)")
+    perm = np.arange(len(names))
+    for i, n in enumerate(names):
+        m = pat.sub(lambda mo: swap[mo.group(0)], n)
+        if m != n and m in pos:
+            perm[i] = pos[m]
+    if not np.array_equal(perm[perm], np.arange(len(names))):
+        return None
+    return perm
+
+
+# -------------------------------------------------------------------------------- label file
+def save_labels(path, *, name, set, shape, expr, rotvec, scale, translation, landmarks3d, target, visible,
+                rmse, ok, split, model: str = "") -> None:
+    """Write a pseudo-label file (npz, uncompressed) after checking every array's shape.
+
+    Arguments are the keys of the module docstring's table. Strings are stored as fixed-width
+    unicode arrays so that :func:`load_labels` never needs pickle.
+    """
+    arrays = dict(name=name, set=set, shape=shape, expr=expr, rotvec=rotvec, scale=scale, translation=translation,
+                  landmarks3d=landmarks3d, target=target, visible=visible, rmse=rmse, ok=ok, split=split)
+    out = {}
+    for k, v in arrays.items():
+        kind = LABEL_KEYS[k][1]
+        a = np.asarray(v)
+        out[k] = a.astype(str) if kind == "U" else a.astype(bool) if kind == "b" else a.astype(np.float32)
+    _validate(out, str(path))
+    out["model"] = np.asarray(str(model))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # np.savez on a handle: no ".npz" suffix appended
+        np.savez(f, **out)
+
+
+def _validate(d: dict, where: str) -> int:
+    missing = [k for k in LABEL_KEYS if k not in d]
+    if missing:
+        raise ValueError(f"{where}: label file lacks keys {missing}")
+    N = len(d["name"])
+    Ks, Ke = d["shape"].shape[-1] if d["shape"].ndim == 2 else -1, d["expr"].shape[-1] if d["expr"].ndim == 2 else -1
+    for k, (trail, _) in LABEL_KEYS.items():
+        want = (N,) + tuple(Ks if t == "Ks" else Ke if t == "Ke" else t for t in trail)
+        if d[k].shape != want:
+            raise ValueError(f"{where}: label '{k}' must be {want}, got {d[k].shape}")
+    bad = set(np.unique(d["split"])) - {"train", "val"}
+    if bad:
+        raise ValueError(f"{where}: split values must be 'train' or 'val', got {sorted(bad)}")
+    return N
+
+
+def load_labels(path) -> dict:
+    """Read and check a pseudo-label file; returns a dict of numpy arrays (``model`` a str)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such label file") from None
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a readable npz label file ({e})") from None
+    _validate(d, str(path))
+    d["model"] = str(d["model"]) if "model" in d else ""
+    return d
+
+
+def select_labels(labels: dict, mask) -> dict:
+    """Rows ``mask`` (bool or index array) of a label dict."""
+    return {k: (v[mask] if isinstance(v, np.ndarray) and v.ndim >= 1 else v) for k, v in labels.items()}
+
+
+def default_data_root() -> Path:
+    """``$MORPHABLE_DATA`` or ``../shared/data`` next to the checkout."""
+    env = os.environ.get("MORPHABLE_DATA")
+    return Path(env) if env else _REPO.parent / "shared" / "data"
+
+
+# ------------------------------------------------------------------------- label transforms
+def flip_labels(lab: dict, width: int, expr_perm: Optional[np.ndarray] = None) -> dict:
+    """Labels of the horizontally mirrored image (x -> width - 1 - x). An involution.
+
+    ``lab`` holds image-frame arrays of one sample: ``rotvec`` (3,), ``scale`` (), ``translation``
+    (2,), ``landmarks3d`` (68, 2), ``target`` (68, 2), ``visible`` (68,), ``expr`` (Ke,), ``shape``.
+    Pose: ``R -> M R M`` (M = diag(-1, 1, 1)), i.e. rotvec (wx, wy, wz) -> (wx, -wy, -wz). Shape is
+    returned unchanged (the caller masks its loss); expression is permuted by ``expr_perm``.
+    """
+    out = dict(lab)
+    p = IBUG68_FLIP
+    for k in ("landmarks3d", "target"):
+        pts = np.asarray(lab[k], dtype=np.float64)[p].copy()
+        pts[:, 0] = (width - 1) - pts[:, 0]
+        out[k] = pts
+    out["visible"] = np.asarray(lab["visible"])[p].copy()
+    w = np.asarray(lab["rotvec"], dtype=np.float64)
+    out["rotvec"] = np.array([w[0], -w[1], -w[2]])
+    t = np.asarray(lab["translation"], dtype=np.float64)
+    out["translation"] = np.array([(width - 1) - t[0], t[1]])
+    if expr_perm is not None:
+        out["expr"] = np.asarray(lab["expr"])[expr_perm].copy()
+    return out
+
+
+def _rot2(theta: float) -> np.ndarray:
+    """Image-plane rotation Q (y down): Q = [[c, -s], [s, c]]."""
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+def rotate_labels(lab: dict, theta: float, center) -> dict:
+    """Labels of the image rotated in-plane by ``theta`` (radians) about ``center`` (image px).
+
+    A point p maps to ``Q (p - c) + c`` with ``Q = [[cos, -sin], [sin, cos]]`` (positive theta turns
+    the picture clockwise on screen, y down). Because ``Q P = P Rz(theta)`` with P of
+    :mod:`morphable.geometry` and ``Rz`` its elementary matrix, the pose becomes
+    ``R' = Rz(theta) @ R``, the translation ``Q (t - c) + c``; the scale is unchanged.
+    """
+    out = dict(lab)
+    Q, c = _rot2(theta), np.asarray(center, dtype=np.float64)
+    for k in ("landmarks3d", "target"):
+        out[k] = (np.asarray(lab[k], dtype=np.float64) - c) @ Q.T + c
+    out["translation"] = Q @ (np.asarray(lab["translation"], dtype=np.float64) - c) + c
+    Rz = angles_to_rotmat(torch.tensor([0.0, 0.0, theta], dtype=torch.float64))
+    R = rotvec_to_rotmat(torch.as_tensor(np.asarray(lab["rotvec"], dtype=np.float64)))
+    out["rotvec"] = rotmat_to_rotvec(Rz @ R).numpy()
+    return out
+
+
+def labels_to_crop(lab: dict, box: CropBox, size: int = CROP_SIZE) -> dict:
+    """Image-frame labels of one sample -> crop frame (points with ``to_crop``, camera with ``camera_to_crop``)."""
+    out = dict(lab)
+    for k in ("landmarks3d", "target"):
+        out[k] = to_crop(torch.as_tensor(np.asarray(lab[k], dtype=np.float64))[None], [box], size)[0].numpy()
+    s, t = camera_to_crop(torch.tensor([float(lab["scale"])], dtype=torch.float64),
+                          torch.as_tensor(np.asarray(lab["translation"], dtype=np.float64))[None], [box], size)
+    out["scale"], out["translation"] = float(s[0]), t[0].numpy()
+    return out
+
+
+def crop_labels(labels: dict, size: int = CROP_SIZE):
+    """All label rows in the frame of their standard (unaugmented) crop: returns
+    (boxes (N, 3) [x0, y0, side], scale (N,), translation (N, 2), landmarks3d (N, 68, 2))."""
+    boxes = np.array([[b.x0, b.y0, b.side] for b in (box_from_landmarks(p) for p in labels["landmarks3d"])])
+    bt = torch.as_tensor(boxes)
+    s, t = camera_to_crop(torch.as_tensor(labels["scale"], dtype=torch.float64),
+                          torch.as_tensor(labels["translation"], dtype=torch.float64), bt, size)
+    lm = to_crop(torch.as_tensor(labels["landmarks3d"], dtype=torch.float64), bt, size)
+    return boxes, s.numpy(), t.numpy(), lm.numpy()
+
+
+def _affine_to_crop(box: CropBox, size: int) -> np.ndarray:
+    """3x3 matrix of image px -> crop px for ``box`` (the mapping of :func:`morphable.crop.to_crop`)."""
+    k = box.side / size
+    return np.array([[1 / k, 0, (-box.x0 + 0.5) / k - 0.5], [0, 1 / k, (-box.y0 + 0.5) / k - 0.5], [0, 0, 1]])
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"{path}: missing or unreadable image (set --data-root or MORPHABLE_DATA)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+# ------------------------------------------------------------------------------------ dataset
+class FaceLabelDataset(Dataset):
+    """Crops + crop-frame labels of a pseudo-label file (see the module docstring).
+
+    Args:
+        labels: dict from :func:`load_labels` (already filtered to the rows to use).
+        data_root: folder the label names are relative to (default :func:`default_data_root`).
+        expression_names: the model's expression names (for the flip permutation).
+        size: crop side S.
+        augment: training augmentation on/off.
+        seed: base seed; the augmentation of item i in epoch e depends only on (seed, e, i).
+        p_flip, p_rotate, max_rotate_deg, scale_range, shift, p_occlude, p_blur, p_gray: augmentation knobs.
+        photometric: colour/blur/occlusion on (geometry-only augmentation when False).
+        images: optional in-memory images ``{name: (H, W, 3) uint8 RGB}`` (tests, caching).
+
+    Items are dicts of tensors: ``image`` (3, S, S) float normalised; ``shape`` (Ks,), ``expr`` (Ke,),
+    ``rotmat`` (3, 3), ``rotvec`` (3,), ``scale`` (), ``translation`` (2,), ``landmarks3d`` (68, 2),
+    ``target`` (68, 2) (0 where absent), ``visible`` (68,), all in the crop frame; ``shape_w`` and
+    ``expr_w`` () loss masks; ``flipped`` (), ``set_id`` () 0 = ytf68, 1 = aflw21, 2 = other; ``index``.
+    """
+
+    SETS = ("ytf68", "aflw21")
+
+    def __init__(self, labels: dict, data_root=None, expression_names: Sequence[str] = (), size: int = CROP_SIZE,
+                 augment: bool = False, seed: int = 0, p_flip: float = 0.5, p_rotate: float = 0.5,
+                 max_rotate_deg: float = 15.0, scale_range=(0.9, 1.1), shift: float = 0.05, p_occlude: float = 0.3,
+                 p_blur: float = 0.2, p_gray: float = 0.1, photometric: bool = True, images: Optional[dict] = None):
+        self.labels = labels
+        self.root = Path(data_root) if data_root is not None else default_data_root()
+        self.size = size
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.expr_perm = expression_flip_permutation(expression_names)
+        self.p_flip, self.p_rotate, self.max_rot = p_flip, p_rotate, math.radians(max_rotate_deg)
+        self.scale_range, self.shift = scale_range, shift
+        self.p_occlude, self.p_blur, self.p_gray = p_occlude, p_blur, p_gray
+        self.photometric = photometric
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.labels["name"])
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def image(self, i: int) -> np.ndarray:
+        name = str(self.labels["name"][i])
+        if self.images is not None and name in self.images:
+            return self.images[name]
+        return _read_rgb(self.root / name)
+
+    def raw_labels(self, i: int) -> dict:
+        L = self.labels
+        lab = {k: np.asarray(L[k][i], dtype=np.float64) for k in
+               ("shape", "expr", "rotvec", "scale", "translation", "landmarks3d", "target", "visible")}
+        bad = ~np.isfinite(lab["target"]).all(1)
+        lab["visible"] = np.where(bad, 0.0, lab["visible"])
+        return lab
+
+    def sample(self, i: int, rng: Optional[np.random.Generator] = None):
+        """(crop uint8 (S, S, 3) RGB, crop-frame labels dict, flags dict) of item i."""
+        img = self.image(i)
+        H, W = img.shape[:2]
+        lab = self.raw_labels(i)
+        S = self.size
+        flags = {"flipped": False, "theta": 0.0}
+        if rng is None:
+            box = box_from_landmarks(lab["landmarks3d"])
+            return crop_image(img, box, S), labels_to_crop(lab, box, S), flags
+        A = np.eye(3)
+        if rng.random() < self.p_flip:
+            lab = flip_labels(lab, W, self.expr_perm)
+            A = np.array([[-1.0, 0, W - 1], [0, 1, 0], [0, 0, 1]])
+            flags["flipped"] = True
+        box = box_from_landmarks(lab["landmarks3d"])
+        c = np.array([box.x0 + (box.side - 1) / 2.0, box.y0 + (box.side - 1) / 2.0])
+        theta = rng.uniform(-self.max_rot, self.max_rot) if rng.random() < self.p_rotate else 0.0
+        sf = rng.uniform(*self.scale_range)
+        sh = rng.uniform(-self.shift, self.shift, 2) * box.side
+        if theta != 0.0:
+            lab = rotate_labels(lab, theta, c)
+            Q = _rot2(theta)
+            A = np.block([[Q, (c - Q @ c)[:, None]], [np.zeros((1, 2)), np.ones((1, 1))]]) @ A
+            flags["theta"] = theta
+        side = max(int(round(box.side * sf)), 4)
+        cc = c + sh
+        box = CropBox(int(round(cc[0] - (side - 1) / 2.0)), int(round(cc[1] - (side - 1) / 2.0)), side)
+        lab = labels_to_crop(lab, box, S)
+        A = _affine_to_crop(box, S) @ A
+        src = img
+        k = box.side / S
+        if k > 1.5:  # shrink first with area averaging (what crop_image does), then warp
+            f = k / 1.25
+            w2, h2 = max(int(round(W / f)), 1), max(int(round(H / f)), 1)
+            src = cv2.resize(img, (w2, h2), interpolation=cv2.INTER_AREA)
+            fx, fy = w2 / W, h2 / H  # cv2.resize: p_small = (p + 0.5) * f - 0.5
+            Sm = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])
+            A = A @ np.linalg.inv(Sm)
+        crop = cv2.warpAffine(src, A[:2], (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        if self.photometric:
+            crop = self._photometric(crop, rng)
+        return crop, lab, flags
+
+    def _photometric(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = crop.astype(np.float32)
+        contrast = rng.uniform(0.7, 1.3)
+        bright = rng.uniform(-25, 25)
+        gains = rng.uniform(0.92, 1.08, 3).astype(np.float32)
+        m = x.mean()
+        x = (x - m) * contrast + m + bright
+        x = x * gains
+        if rng.random() < self.p_gray:
+            x[:] = x.mean(-1, keepdims=True)
+        if rng.random() < self.p_blur:
+            x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.5, 1.5))
+        S = self.size
+        if rng.random() < self.p_occlude:
+            for _ in range(rng.integers(1, 3)):
+                w, h = (rng.uniform(0.15, 0.45, 2) * S).astype(int)
+                x0, y0 = rng.integers(0, S - w), rng.integers(0, S - h)
+                if rng.random() < 0.5:
+                    x[y0:y0 + h, x0:x0 + w] = rng.uniform(0, 255, 3)
+                else:
+                    x[y0:y0 + h, x0:x0 + w] = rng.uniform(0, 255, (h, w, 3))
+        return np.clip(x, 0, 255).astype(np.uint8)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)]) if self.augment else None
+        crop, lab, flags = self.sample(int(i), rng)
+        f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+        R = rotvec_to_rotmat(torch.as_tensor(lab["rotvec"], dtype=torch.float64))
+        vis = np.where(np.isfinite(lab["target"]).all(1), lab["visible"], 0.0)
+        st = str(self.labels["set"][i])
+        return {
+            "image": (torch.from_numpy(crop).permute(2, 0, 1).float() - PIXEL_MEAN) / PIXEL_SCALE,
+            "shape": f32(lab["shape"]),
+            "expr": f32(lab["expr"]),
+            "rotmat": R.float(),
+            "rotvec": f32(lab["rotvec"]),
+            "scale": torch.tensor(float(lab["scale"]), dtype=torch.float32),
+            "translation": f32(lab["translation"]),
+            "landmarks3d": f32(lab["landmarks3d"]),
+            "target": f32(np.nan_to_num(lab["target"], nan=0.0)),
+            "visible": f32(vis),
+            "shape_w": torch.tensor(0.0 if flags["flipped"] else 1.0),
+            "expr_w": torch.tensor(0.0 if flags["flipped"] and self.expr_perm is None else 1.0),
+            "flipped": torch.tensor(flags["flipped"]),
+            "set_id": torch.tensor(self.SETS.index(st) if st in self.SETS else 2),
+            "index": torch.tensor(int(i)),
+        }

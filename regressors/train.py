@@ -1,0 +1,295 @@
+r"""Train a regressor on a pseudo-label file.
+
+    python -m regressors.train --labels LABELS.npz --out runs/NAME [--arch mobilenet|resnet]
+        [--epochs N] [--batch 64] [--lr 2e-3] [--resume] [--seed 0] [--threads 2] [--val-every STEPS]
+        [--max-steps N] [--limit N] [--time-limit MIN]
+
+Writes to ``--out``: ``last.pt`` (checkpoint after every epoch and at the end: weights, optimiser,
+epoch, step, RNG), ``best.pt`` (weights of the best validation ``nme_param``, loadable by
+:func:`regressors.weights.load_regressor`), ``log.jsonl`` (one JSON object per validation and per
+epoch) and ``args.json``.
+
+Optimiser AdamW (no decay on norms and biases); learning rate: linear warm-up then cosine decay to
+1% over all steps (a pure function of the step, so ``--resume`` continues it exactly). The data
+order and augmentation depend only on (seed, epoch, index), so a resumed run sees the same
+batches as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .data import FaceLabelDataset, crop_labels, load_labels, select_labels
+from .losses import LossWeights, RegressorLoss, batch_metrics
+from .networks import ARCHS, Regressor, RegressorConfig, label_stats
+from .weights import FORMAT, read_weight_file, save_regressor
+
+__all__ = ["build_parser", "main", "train"]
+
+
+class EpochBatches(Sampler):
+    """Shuffled batches of one epoch, a function of (seed, epoch); starts at batch ``start``."""
+
+    def __init__(self, n: int, batch: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True, drop_last: bool = True):
+        self.n, self.batch, self.seed, self.epoch, self.start = n, batch, seed, epoch, start
+        self.shuffle, self.drop_last = shuffle, drop_last
+
+    def batches(self) -> list:
+        order = np.random.default_rng([self.seed, 7919, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.drop_last and self.n >= self.batch:
+            k = self.n // self.batch
+        else:
+            k = math.ceil(self.n / self.batch)
+        return [order[i * self.batch:(i + 1) * self.batch].tolist() for i in range(k)]
+
+    def __iter__(self):
+        return iter(self.batches()[self.start:])
+
+    def __len__(self) -> int:
+        return max(len(self.batches()) - self.start, 0)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from ``base`` to ``base / 100``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="python -m regressors.train", description=__doc__.split("\n")[0])
+    p.add_argument("--labels", required=True, help="pseudo-label npz (regressors.data.save_labels)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl)")
+    p.add_argument("--arch", choices=ARCHS, default="mobilenet")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    p.add_argument("--depth", type=int, default=18, help="resnet depth (10, 18, 34)")
+    p.add_argument("--model", default=None, help="morphable model name or path (default: ICT-FaceKit)")
+    p.add_argument("--data-root", default=None, help="folder the label names are relative to (default ../shared/data)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=300, help="warm-up steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (0 or 1 on 2 cores)")
+    p.add_argument("--val-every", type=int, default=0, help="also validate every N steps (0: only after each epoch)")
+    p.add_argument("--val-batch", type=int, default=128)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after N optimiser steps in total (0: no limit)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N train and N val rows (smoke runs)")
+    p.add_argument("--time-limit", type=float, default=0.0, help="stop (and checkpoint) after this many minutes")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--n-vertices", type=int, default=500, help="random vertices of the VDC term")
+    for k, v in LossWeights().to_dict().items():
+        p.add_argument(f"--w-{k.replace('_', '-')}", type=float, default=v, help=f"loss weight of '{k}'")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return p
+
+
+def _log(path: Path, rec: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+@torch.no_grad()
+def validate(reg: Regressor, model, loader) -> dict:
+    """Mean validation metrics over a loader (and per data set)."""
+    reg.eval()
+    acc: dict = {}
+    sets = []
+    for batch in loader:
+        out = reg(batch["image"])
+        m = batch_metrics(model, out, batch)
+        for k, v in m.items():
+            acc.setdefault(k, []).append(v)
+        sets.append(batch["set_id"])
+    reg.train()
+    if not acc:
+        return {}
+    cat = {k: torch.cat(v) for k, v in acc.items()}
+    sid = torch.cat(sets)
+    res = {k: float(torch.nanmean(v)) for k, v in cat.items()}
+    for i, name in enumerate(FaceLabelDataset.SETS):
+        on = sid == i
+        if on.any():
+            res[f"nme_param_{name}"] = float(cat["nme_param"][on].mean())
+            res[f"yaw_err_{name}"] = float(cat["yaw_err"][on].mean())
+    res["n"] = int(len(sid))
+    return res
+
+
+def _param_groups(reg: Regressor, wd: float):
+    decay, no = [], []
+    for n, p in reg.named_parameters():
+        (no if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no, "weight_decay": 0.0}]
+
+
+def train(args, model=None) -> dict:
+    """Run training as configured by the parsed ``args``; returns the final validation metrics.
+
+    ``model`` (a :class:`morphable.model.MorphableModel`) overrides ``args.model``.
+    """
+    import cv2
+
+    from morphable.registry import load_model
+
+    torch.set_num_threads(max(int(args.threads), 1))
+    cv2.setNumThreads(1)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = out_dir / "log.jsonl"
+    model = model if model is not None else load_model(args.model)
+    labels = load_labels(args.labels)
+    Ks, Ke = labels["shape"].shape[1], labels["expr"].shape[1]
+    if (Ks, Ke) != (model.n_shape, model.n_expr):
+        raise SystemExit(f"{args.labels}: labels have Ks={Ks}, Ke={Ke} but the model {model.name} has "
+                         f"Ks={model.n_shape}, Ke={model.n_expr}")
+    ok = labels["ok"].astype(bool) & np.isfinite(labels["shape"]).all(1) & np.isfinite(labels["landmarks3d"]).all((1, 2))
+    tr_idx = np.flatnonzero(ok & (labels["split"] == "train"))
+    va_idx = np.flatnonzero(ok & (labels["split"] == "val"))
+    if args.limit:
+        tr_idx, va_idx = tr_idx[:args.limit], va_idx[:args.limit]
+    if len(tr_idx) < 2:
+        raise SystemExit(f"{args.labels}: fewer than 2 usable training rows (ok & split=='train')")
+    tr, va = select_labels(labels, tr_idx), select_labels(labels, va_idx)
+    names = model.info.expression_names
+    kw = dict(data_root=args.data_root, expression_names=names)
+    ds_tr = FaceLabelDataset(tr, augment=not args.no_augment, seed=args.seed, **kw)
+    ds_va = FaceLabelDataset(va, augment=False, **kw)
+
+    cfg = RegressorConfig(arch=args.arch, width=args.width, n_shape=Ks, n_expr=Ke, model_name=model.name, depth=args.depth)
+    ckpt_path = out_dir / "last.pt"
+    ck = None
+    if args.resume:
+        ck = read_weight_file(ckpt_path)
+        if "optimizer" not in ck:
+            raise SystemExit(f"{ckpt_path}: not a training checkpoint (no optimiser state)")
+        cfg = RegressorConfig.from_dict(dict(ck["config"]))
+    reg = Regressor(cfg, model.expr_lower, model.expr_upper)
+    if ck is None:
+        _, s_c, t_c, lm_c = crop_labels(tr)
+        from morphable.geometry import rotvec_to_rotmat
+
+        R = rotvec_to_rotmat(torch.as_tensor(tr["rotvec"], dtype=torch.float64))
+        reg.set_stats(label_stats(tr["shape"], tr["expr"], R, s_c, t_c, lm_c, model.expr_lower, model.expr_upper))
+    else:
+        reg.load_state_dict(ck["state_dict"])
+    opt = torch.optim.AdamW(_param_groups(reg, args.weight_decay), lr=args.lr)
+    crit = RegressorLoss(model, args.n_vertices, LossWeights(**{k: getattr(args, f"w_{k}") for k in LossWeights().to_dict()}))
+
+    steps_per_epoch = len(EpochBatches(len(tr_idx), args.batch, args.seed, 0))
+    total = args.epochs * steps_per_epoch
+    if args.max_steps:
+        total = min(total, args.max_steps)
+    warmup = min(args.warmup, max(total // 10, 1))
+    epoch, epoch_step, step, best = 0, 0, 0, math.inf
+    if ck is not None:
+        opt.load_state_dict(ck["optimizer"])
+        epoch, epoch_step, step = int(ck["epoch"]), int(ck["epoch_step"]), int(ck["step"])
+        best = float(ck.get("best", math.inf))
+        torch.set_rng_state(ck["rng_torch"])
+        _log(log, {"type": "resume", "epoch": epoch, "epoch_step": epoch_step, "step": step})
+    else:
+        (out_dir / "args.json").write_text(json.dumps(vars(args), indent=1))
+        _log(log, {"type": "start", "n_train": len(tr_idx), "n_val": len(va_idx), "steps_per_epoch": steps_per_epoch,
+                   "total_steps": total, "params": reg.n_params, "config": cfg.to_dict()})
+
+    va_loader = DataLoader(ds_va, batch_size=args.val_batch, shuffle=False, num_workers=args.workers)
+    t_start = time.time()
+    last_metrics: dict = {}
+
+    def checkpoint():
+        save_regressor(reg, ckpt_path, last_metrics, optimizer=opt.state_dict(), epoch=epoch, epoch_step=epoch_step,
+                       step=step, best=best, rng_torch=torch.get_rng_state(), total_steps=total)
+
+    def run_val():
+        nonlocal best, last_metrics
+        if len(va_idx) == 0:
+            return
+        m = validate(reg, model, va_loader)
+        last_metrics = m
+        rec = {"type": "val", "epoch": epoch, "step": step, "time_s": round(time.time() - t_start, 1), **m}
+        _log(log, rec)
+        if m["nme_param"] < best:
+            best = m["nme_param"]
+            save_regressor(reg, out_dir / "best.pt", {**m, "epoch": epoch, "step": step})
+        print(f"[val] epoch {epoch} step {step}: nme_param {m['nme_param']:.3f} nme_head {m['nme_head']:.3f} "
+              f"yaw_err {m['yaw_err']:.2f} deg (best {best:.3f})", file=sys.stderr)
+
+    stop = step >= total
+    reg.train()
+    while not stop and epoch < args.epochs:
+        ds_tr.set_epoch(epoch)
+        sampler = EpochBatches(len(tr_idx), args.batch, args.seed, epoch, start=epoch_step)
+        loader = DataLoader(ds_tr, batch_sampler=sampler, num_workers=args.workers)
+        bar = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr,
+                       dynamic_ncols=True, mininterval=2.0)
+        sums: dict = {}
+        n_img, n_steps, t0 = 0, 0, time.time()
+        for batch in loader:
+            lr = lr_at(step, total, args.lr, warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss, terms = crit(reg, batch["image"], batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(reg.parameters(), 10.0)
+            opt.step()
+            step += 1
+            epoch_step += 1
+            n_img += len(batch["image"])
+            n_steps += 1
+            for k, v in {"loss": float(loss.detach()), **terms}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lm=f"{terms['lm']:.2f}", lr=f"{lr:.1e}", refresh=False)
+            if args.val_every and step % args.val_every == 0 and epoch_step < steps_per_epoch:
+                run_val()
+                checkpoint()
+            timeout = args.time_limit and (time.time() - t_start) > 60 * args.time_limit
+            if step >= total or timeout:
+                stop = True
+                break
+        if bar is not None:
+            bar.close()
+        dt = time.time() - t0
+        nb = max(n_steps, 1)
+        _log(log, {"type": "train", "epoch": epoch, "step": step, "img_per_s": round(n_img / max(dt, 1e-9), 1),
+                   **{k: v / nb for k, v in sums.items()}})
+        if epoch_step >= steps_per_epoch:
+            epoch, epoch_step = epoch + 1, 0
+        run_val()
+        checkpoint()
+    if not last_metrics and len(va_idx):
+        run_val()
+    if len(va_idx) == 0:  # nothing to select on: the last weights are the best we know
+        save_regressor(reg, out_dir / "best.pt", {"epoch": epoch, "step": step})
+    checkpoint()
+    return last_metrics
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

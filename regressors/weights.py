@@ -1,0 +1,187 @@
+r"""Loading, saving and exporting regressor weights.
+
+A weight file is a ``torch.save`` of a plain dict (no pickled classes)::
+
+    {"format": "morphable-regressor", "version": 1,
+     "config": RegressorConfig.to_dict(),   # arch, width, crop size, Ks, Ke, model name, ...
+     "state_dict": {...},                   # backbone, heads and de-normalisation buffers
+     "metrics": {...}}                      # optional (validation numbers)
+
+Training checkpoints (``last.pt``) are the same dict plus optimiser/epoch/RNG entries, so both load
+here. Files are always read with ``torch.load(..., weights_only=True)``: a file that needs
+arbitrary unpickling is refused.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from morphable.errors import InputError, WeightsError
+
+from .networks import ARCHS, Regressor, RegressorConfig, RegressorOutput, _ExportWrapper, normalize_crops
+
+__all__ = ["DEFAULT_WEIGHTS", "FORMAT", "load_regressor", "save_regressor", "read_weight_file", "export_onnx",
+           "OnnxRegressor", "quantize_onnx"]
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.pt"
+FORMAT = "morphable-regressor"
+TRAIN_HELP = "train one with `python -m regressors.train --labels LABELS.npz --out runs/NAME` and copy runs/NAME/best.pt there"
+
+
+def save_regressor(reg: Regressor, path, metrics: Optional[dict] = None, **extra) -> None:
+    """Write ``reg`` as a weight file (see the module docstring); ``extra`` adds plain entries."""
+    d = {"format": FORMAT, "version": 1, "config": reg.cfg.to_dict(),
+         "state_dict": {k: v.detach().cpu() for k, v in reg.state_dict().items()}, "metrics": dict(metrics or {})}
+    d.update(extra)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(d, tmp)
+    os.replace(tmp, path)  # never leave a half-written file under the real name
+
+
+def read_weight_file(path) -> dict:
+    """``torch.load(path, weights_only=True)`` with every failure turned into one WeightsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: regressor weight file not found; {TRAIN_HELP}")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle protocol warns before it is refused
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            d = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{path}: refused to load: the file needs unsafe unpickling (weights_only=True: {msg[:200]}); "
+                           "only plain tensor/dict weight files are accepted") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as e:
+        raise WeightsError(f"{path}: not a readable weight file (truncated or corrupt: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT or "config" not in d or "state_dict" not in d:
+        raise WeightsError(f"{path}: not a morphable regressor weight file (no '{FORMAT}' format tag with config and state_dict)")
+    return d
+
+
+def load_regressor(path=None, model=None, device="cpu", arch: Optional[str] = None) -> Regressor:
+    """Load a regressor (eval mode) from a weight file.
+
+    Args:
+        path: weight file (default ``regressors/weights/default.pt``).
+        model: optional :class:`morphable.model.MorphableModel`; its Ks/Ke must match the weights'.
+        device: torch device.
+        arch: optional expected architecture (``mobilenet``/``resnet``); another one is an error.
+
+    Raises:
+        WeightsError: missing, truncated or unsafe file, another architecture, or Ks/Ke that do
+            not match ``model`` (one message naming the problem).
+    """
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    d = read_weight_file(path)
+    try:
+        cfg = RegressorConfig.from_dict(dict(d["config"]))
+    except TypeError as e:
+        raise WeightsError(f"{path}: malformed regressor config ({e})") from None
+    if cfg.arch not in ARCHS:
+        raise WeightsError(f"{path}: architecture {cfg.arch!r} is not one of {ARCHS}")
+    if arch is not None and arch != cfg.arch:
+        raise WeightsError(f"{path}: holds a {cfg.arch!r} regressor, but {arch!r} was asked for")
+    if model is not None and (model.n_shape, model.n_expr) != (cfg.n_shape, cfg.n_expr):
+        raise WeightsError(
+            f"{path}: trained for Ks={cfg.n_shape}, Ke={cfg.n_expr} ({cfg.model_name or 'unknown model'}), but the model "
+            f"{model.name} has Ks={model.n_shape}, Ke={model.n_expr}; use weights trained for this model")
+    try:
+        reg = Regressor(cfg)
+    except (ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: cannot build the network of its config ({e})") from None
+    sd = d["state_dict"]
+    try:
+        reg.load_state_dict(sd, strict=True)
+    except (RuntimeError, TypeError, KeyError) as e:
+        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise WeightsError(f"{path}: weights do not fit the {cfg.arch!r} network of its config (other architecture "
+                           f"or width?): {first}") from None
+    return reg.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------- ONNX
+def export_onnx(regressor: Regressor, path, opset: int = 17) -> Path:
+    """Export ``regressor`` (eval mode, dynamic batch) to ONNX. Input ``crops`` (B, 3, S, S)
+    normalised float32; outputs shape, expr, rotvec, scale, translation, landmarks, rotmat."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    S = regressor.cfg.crop_size
+    wrapper = _ExportWrapper(regressor).eval()
+    was = regressor.training
+    regressor.eval()
+    names = list(_ExportWrapper.NAMES)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, (torch.zeros(1, 3, S, S),), str(path), dynamo=False, opset_version=opset,
+                              input_names=["crops"], output_names=names,
+                              dynamic_axes={"crops": {0: "batch"}, **{n: {0: "batch"} for n in names}})
+    finally:
+        regressor.train(was)
+    return path
+
+
+def quantize_onnx(src, dst) -> Path:
+    """Dynamic int8 quantisation of an exported ONNX regressor (onnxruntime.quantization)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    return Path(dst)
+
+
+class OnnxRegressor:
+    """onnxruntime counterpart of :meth:`Regressor.predict`.
+
+    Args:
+        path: ONNX file from :func:`export_onnx`.
+        threads: intra-op threads (None = onnxruntime's default).
+        quantize: quantise dynamically to int8 first (written beside ``path`` as ``*.int8.onnx``).
+    """
+
+    def __init__(self, path, threads: Optional[int] = None, quantize: bool = False):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise WeightsError(f"{path}: ONNX regressor not found; export one with regressors.weights.export_onnx")
+        if quantize:
+            q = path.with_suffix(".int8.onnx")
+            quantize_onnx(path, q)
+            path = q
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise WeightsError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
+        inp = self.session.get_inputs()[0]
+        self.crop_size = int(inp.shape[-1])
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def predict(self, crops, batch_size: int = 256) -> RegressorOutput:
+        """uint8 RGB crops (B, S, S, 3) -> :class:`RegressorOutput` of numpy arrays."""
+        a = np.asarray(crops)
+        if a.ndim == 3:
+            a = a[None]
+        S = self.crop_size
+        if a.ndim != 4 or a.shape[1:] != (S, S, 3):
+            raise InputError(f"crops must be (B, {S}, {S}, 3) uint8 RGB, got {a.shape}")
+        if len(a) == 0:
+            raise InputError("empty batch of crops")
+        outs = []
+        for i in range(0, len(a), batch_size):
+            x = normalize_crops(a[i:i + batch_size]).numpy()
+            outs.append(dict(zip(self.names, self.session.run(None, {"crops": x}))))
+        return RegressorOutput(**{n: np.concatenate([o[n] for o in outs]) for n in self.names})

@@ -1,0 +1,350 @@
+"""Regressor package: network outputs, augmentation geometry, label files, weights, ONNX, training smoke run."""
+import json
+import math
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from morphable.errors import WeightsError
+from morphable.geometry import angles_to_rotmat, project, rotmat_to_angles, rotvec_to_rotmat
+from morphable.model import ModelInfo, MorphableModel
+from regressors.data import (IBUG68_FLIP, FaceLabelDataset, expression_flip_permutation, flip_labels, load_labels,
+                             rotate_labels, save_labels)
+from regressors.losses import nme
+from regressors.networks import Regressor, RegressorConfig, normalize_crops, sixd_to_rotmat, rotmat_to_sixd
+from regressors.weights import OnnxRegressor, export_onnx, load_regressor, save_regressor
+from tests.conftest import assert_close
+
+EXPR_NAMES = ["brow_L", "brow_R", "jawOpen", "mouthLeft", "mouthRight", "eyeBlink_L", "eyeBlink_R"]
+
+
+# ------------------------------------------------------------------------------ fixtures
+def _mirror_map(n_extra_pairs: int) -> np.ndarray:
+    """Vertex mirror map of the synthetic mesh: 68 landmark vertices (iBUG flip), then mirrored pairs."""
+    m = list(IBUG68_FLIP)
+    for k in range(n_extra_pairs):
+        a = 68 + 2 * k
+        m += [a + 1, a]
+    return np.array(m)
+
+
+def synthetic_model(Ks=5, names=EXPR_NAMES, pairs=40, seed=0, bounded=True) -> MorphableModel:
+    """A small left-right symmetric model: mean and expression bases mirror-symmetric (x -> -x) under
+    the vertex map, ``_L``/``_R`` and ``Left``/``Right`` blendshapes mirrors of each other."""
+    g = np.random.default_rng(seed)
+    N = 68 + 2 * pairs
+    mir = _mirror_map(pairs)
+    M = np.diag([-1.0, 1.0, 1.0])
+    mean = g.normal(0, 40, (N, 3))
+    mean = 0.5 * (mean + mean[mir] @ M)  # symmetric: mean[mir[i]] = M mean[i]
+    Ke = len(names)
+    E = g.normal(0, 3, (N, 3, Ke))
+    perm = expression_flip_permutation(names)
+    mirE = np.einsum("ij,njk->nik", M, E[mir][:, :, perm])  # mirror of each blendshape
+    E = 0.5 * (E + mirE)
+    S = g.normal(0, 5, (N, 3, Ks))
+    info = ModelInfo(name="synthetic", expr_kind="blendshape" if bounded else "pca", expression_names=list(names))
+    kw = dict(expr_lower=np.zeros(Ke), expr_upper=np.ones(Ke)) if bounded else {}
+    return MorphableModel(mean, S, E, np.zeros((0, 3)), np.arange(68), info, **kw)
+
+
+def synthetic_labels(model, n, W=160, H=150, seed=0, shape_zero=False):
+    """Label rows (image frame) whose landmarks3d are the model's projected landmarks."""
+    g = torch.Generator().manual_seed(seed)
+    shape, expr = model.sample(n, generator=g)
+    if shape_zero:
+        shape = torch.zeros_like(shape)
+    expr = expr.double().clamp(0, 1)
+    ang = (torch.rand(n, 3, generator=g, dtype=torch.float64) - 0.5) * torch.tensor([0.6, 1.6, 0.5], dtype=torch.float64)
+    R = angles_to_rotmat(ang)
+    from morphable.geometry import rotmat_to_rotvec
+
+    ext = float((model.mean.max(0).values - model.mean.min(0).values)[:2].max())
+    s = torch.full((n,), 0.6 * min(W, H) / ext, dtype=torch.float64)
+    t = torch.tensor([[W / 2.0, H / 2.0]], dtype=torch.float64) + (torch.rand(n, 2, generator=g, dtype=torch.float64) - 0.5) * 10
+    lm = project(model.landmark_points(shape.double(), expr).double(), R, s, t)
+    target = lm + 0.3 * torch.randn(n, 68, 2, generator=g, dtype=torch.float64)
+    target[:, 60:] = float("nan")  # some absent points
+    vis = torch.ones(n, 68, dtype=torch.float64)
+    vis[:, 60:] = 0
+    return dict(shape=shape.double().numpy(), expr=expr.numpy(), rotvec=rotmat_to_rotvec(R).numpy(), scale=s.numpy(),
+                translation=t.numpy(), landmarks3d=lm.numpy(), target=target.numpy(), visible=vis.numpy())
+
+
+def _row(lab, i):
+    return {k: np.asarray(v[i], dtype=np.float64) for k, v in lab.items()}
+
+
+def _proj(model, row):
+    R = rotvec_to_rotmat(torch.as_tensor(row["rotvec"])[None])
+    X = model.landmark_points(torch.as_tensor(row["shape"])[None], torch.as_tensor(row["expr"])[None]).double()
+    return project(X, R, torch.tensor([float(row["scale"])], dtype=torch.float64), torch.as_tensor(row["translation"])[None])[0].numpy()
+
+
+def tiny(model, arch="mobilenet", **kw):
+    cfg = RegressorConfig(arch=arch, width=0.25, n_shape=model.n_shape, n_expr=model.n_expr, model_name=model.name,
+                          depth=10, **kw)
+    return Regressor(cfg, model.expr_lower, model.expr_upper).eval()
+
+
+# ---------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("arch", ["mobilenet", "resnet"])
+def test_output_shapes_follow_model(arch):
+    for Ks, names in ((3, EXPR_NAMES[:2]), (7, EXPR_NAMES)):
+        m = synthetic_model(Ks=Ks, names=names)
+        out = tiny(m, arch)(torch.randn(2, 3, 120, 120))
+        assert out.shape.shape == (2, Ks) and out.expr.shape == (2, len(names))
+        assert out.rotvec.shape == (2, 3) and out.rotmat.shape == (2, 3, 3)
+        assert out.scale.shape == (2,) and out.translation.shape == (2, 2) and out.landmarks.shape == (2, 68, 2)
+        assert out.param_landmarks(m).shape == (2, 68, 2)
+
+
+def test_output_shapes_default_model(ict_model):
+    reg = Regressor(RegressorConfig(width=0.5, n_shape=ict_model.n_shape, n_expr=ict_model.n_expr),
+                    ict_model.expr_lower, ict_model.expr_upper).eval()
+    out = reg.predict(np.zeros((3, 120, 120, 3), np.uint8))
+    assert out.shape.shape == (3, 100) and out.expr.shape == (3, 53) and out.landmarks.shape == (3, 68, 2)
+    assert 1e6 < sum(p.numel() for p in Regressor(RegressorConfig(n_shape=100, n_expr=53)).parameters()) < 3e6
+
+
+def test_expr_stays_in_range_and_rotations_are_proper():
+    m = synthetic_model()
+    reg = tiny(m)
+    with torch.no_grad():
+        for h in reg.heads.values():
+            h.weight.mul_(1e4)  # huge head outputs
+    out = reg(torch.randn(4, 3, 120, 120) * 5)
+    assert torch.isfinite(out.expr).all() and (out.expr >= 0).all() and (out.expr <= 1).all()
+    eye = torch.eye(3).expand(4, 3, 3)
+    assert_close(out.rotmat @ out.rotmat.transpose(-1, -2), eye, atol=1e-5)
+    assert (torch.det(out.rotmat) > 0.999).all()
+    assert_close(rotvec_to_rotmat(out.rotvec), out.rotmat, atol=1e-4)
+    # unbounded (PCA) expression: passed through linearly
+    mp = synthetic_model(bounded=False)
+    assert not torch.isfinite(tiny(mp).expr_lower).any()
+    R = angles_to_rotmat(torch.tensor([[0.3, -0.8, 0.2]]))
+    assert_close(sixd_to_rotmat(rotmat_to_sixd(R)), R, atol=1e-6)
+
+
+def test_nme_known_answer():
+    gt = torch.tensor([[[0.0, 0.0], [10.0, 0.0], [0.0, 40.0], [10.0, 40.0]]])
+    assert_close(nme(gt, gt), torch.zeros(1))
+    assert_close(nme(gt + torch.tensor([1.0, 0.0]), gt), torch.tensor([100.0 / 20.0]), atol=1e-5)
+
+
+# -------------------------------------------------------------------------- augmentation
+def test_flip_permutation():
+    p = IBUG68_FLIP
+    assert np.array_equal(p[p], np.arange(68))
+    for a, b in ((36, 45), (39, 42), (0, 16), (17, 26), (31, 35), (48, 54), (60, 64), (41, 46)):
+        assert p[a] == b and p[b] == a
+    for a in (8, 27, 30, 33, 51, 57, 62, 66):
+        assert p[a] == a
+    e = expression_flip_permutation(EXPR_NAMES)
+    assert [EXPR_NAMES[i] for i in e] == ["brow_R", "brow_L", "jawOpen", "mouthRight", "mouthLeft", "eyeBlink_R", "eyeBlink_L"]
+    assert expression_flip_permutation([]) is None
+
+
+def test_flip_twice_is_identity():
+    m = synthetic_model()
+    lab = _row(synthetic_labels(m, 3, seed=1), 2)
+    perm = expression_flip_permutation(EXPR_NAMES)
+    twice = flip_labels(flip_labels(lab, 160, perm), 160, perm)
+    for k, v in lab.items():
+        np.testing.assert_allclose(twice[k], v, atol=1e-12, err_msg=k)
+
+
+def test_flipped_labels_project_to_mirrored_landmarks():
+    m = synthetic_model().double()
+    W = 160
+    lab = synthetic_labels(m, 5, W=W, seed=2, shape_zero=True)
+    perm = expression_flip_permutation(EXPR_NAMES)
+    for i in range(5):
+        row = _row(lab, i)
+        f = flip_labels(row, W, perm)
+        mirrored = row["landmarks3d"][IBUG68_FLIP].copy()
+        mirrored[:, 0] = W - 1 - mirrored[:, 0]
+        np.testing.assert_allclose(f["landmarks3d"], mirrored, atol=1e-12)
+        np.testing.assert_allclose(_proj(m, f), mirrored, atol=1e-8)
+        # yaw and roll change sign, pitch stays
+        a = rotmat_to_angles(rotvec_to_rotmat(torch.as_tensor(np.stack([row["rotvec"], f["rotvec"]]))))
+        assert_close(a[1], a[0] * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64), atol=1e-9)
+
+
+def test_rotation_known_answer_and_projection():
+    m = synthetic_model().double()
+    row = _row(synthetic_labels(m, 2, seed=3), 1)
+    c = np.array([50.0, 50.0])
+    row["landmarks3d"][0] = [60.0, 50.0]
+    r = rotate_labels(row, math.pi / 2, c)
+    np.testing.assert_allclose(r["landmarks3d"][0], [50.0, 60.0], atol=1e-12)  # right of centre -> below it
+    for theta in (0.26, -0.2):
+        row = _row(synthetic_labels(m, 2, seed=3), 1)
+        r = rotate_labels(row, theta, c)
+        Q = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+        np.testing.assert_allclose(r["landmarks3d"], (row["landmarks3d"] - c) @ Q.T + c, atol=1e-10)
+        np.testing.assert_allclose(_proj(m, r), r["landmarks3d"], atol=1e-8)
+    # a pure in-plane pose gains exactly theta of roll
+    row["rotvec"] = np.array([0.0, 0.0, 0.0])
+    a = rotmat_to_angles(rotvec_to_rotmat(torch.as_tensor(rotate_labels(row, 0.2, c)["rotvec"])))
+    assert_close(a, torch.tensor([0.0, 0.0, 0.2], dtype=torch.float64), atol=1e-12)
+
+
+def _blob_image(points, W, H):
+    img = np.zeros((H, W, 3), np.float32)
+    ys, xs = np.mgrid[:H, :W]
+    for p in points:
+        img += 255 * np.exp(-((xs - p[0]) ** 2 + (ys - p[1]) ** 2) / (2 * 2.0 ** 2))[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_dataset_image_and_labels_agree_under_augmentation():
+    """Bright blobs drawn at 4 landmarks land at the crop-frame landmarks after flip + rotation + box jitter."""
+    m = synthetic_model().double()
+    W, H = 160, 150
+    lab = synthetic_labels(m, 2, W=W, H=H, seed=4, shape_zero=True)  # shape 0: the flip is exact
+    keys = [36, 45, 30, 54]
+    img = _blob_image(lab["landmarks3d"][0][keys], W, H)
+    rows = dict(lab, name=np.array(["a.png", "b.png"]), set=np.array(["ytf68"] * 2), split=np.array(["train"] * 2))
+    for kwargs, flipped in ((dict(p_flip=1.0, p_rotate=1.0), True), (dict(p_flip=0.0, p_rotate=1.0), False)):
+        ds = FaceLabelDataset(rows, expression_names=EXPR_NAMES, augment=True, photometric=False, seed=5,
+                              images={"a.png": img}, **kwargs)
+        it = ds[0]
+        assert bool(it["flipped"]) == flipped and float(it["shape_w"]) == (0.0 if flipped else 1.0)
+        crop = (it["image"].permute(1, 2, 0).numpy() * 128 + 127.5)[..., 0]
+        lm = it["landmarks3d"].numpy()
+        crop_keys = [IBUG68_FLIP[k] for k in keys] if flipped else keys  # the blob of point k is now point flip(k)
+        for k in crop_keys:
+            x, y = lm[k]
+            ys, xs = np.mgrid[:120, :120]
+            win = (np.abs(xs - x) <= 5) & (np.abs(ys - y) <= 5)
+            wgt = np.where(win, crop, 0.0)
+            cx, cy = (wgt * xs).sum() / wgt.sum(), (wgt * ys).sum() / wgt.sum()
+            assert abs(cx - x) < 0.35 and abs(cy - y) < 0.35, (k, (cx, cy), (x, y))
+        # labels stay consistent: projected crop-frame params == crop-frame landmarks3d
+        proj = project(m.landmark_points(it["shape"][None].double(), it["expr"][None].double()), it["rotmat"][None].double(),
+                       it["scale"][None].double(), it["translation"][None].double())[0]
+        assert_close(proj, it["landmarks3d"].double(), atol=2e-3)
+    # same (seed, epoch, index) -> same sample; another epoch -> another one
+    a, b = ds[0], ds[0]
+    ds.set_epoch(1)
+    c = ds[0]
+    assert torch.equal(a["image"], b["image"]) and not torch.equal(a["image"], c["image"])
+
+
+def test_label_file_round_trip(tmp_path):
+    m = synthetic_model()
+    lab = synthetic_labels(m, 4)
+    extra = dict(name=[f"x/{i}.jpg" for i in range(4)], set=["ytf68", "aflw21"] * 2, rmse=np.ones(4),
+                 ok=[True, True, False, True], split=["train", "val", "train", "train"])
+    save_labels(tmp_path / "l.npz", **lab, **extra, model="synthetic")
+    d = load_labels(tmp_path / "l.npz")
+    assert d["model"] == "synthetic" and d["name"][1] == "x/1.jpg" and d["ok"].dtype == bool
+    np.testing.assert_allclose(d["landmarks3d"], lab["landmarks3d"], atol=1e-4)
+    bad = dict(lab, visible=np.ones((4, 67)))
+    with pytest.raises(ValueError, match="visible"):
+        save_labels(tmp_path / "bad.npz", **bad, **extra)
+
+
+# ------------------------------------------------------------------------- weights/ONNX
+def test_onnx_parity(tmp_path):
+    pytest.importorskip("onnxruntime")
+    m = synthetic_model()
+    reg = tiny(m)
+    with torch.no_grad():  # non-trivial outputs
+        for h in reg.heads.values():
+            h.weight.normal_(0, 0.05)
+    crops = np.random.default_rng(0).integers(0, 256, (3, 120, 120, 3), dtype=np.uint8)
+    p = export_onnx(reg, tmp_path / "r.onnx")
+    a, b = reg.predict(crops), OnnxRegressor(p, threads=1).predict(crops)
+    for k in ("shape", "expr", "rotvec", "scale", "translation", "landmarks", "rotmat"):
+        assert np.abs(getattr(a, k) - getattr(b, k)).max() < 1e-4, k
+
+
+def test_weight_file_errors(tmp_path):
+    m = synthetic_model()
+    reg = tiny(m)
+    good = tmp_path / "good.pt"
+    save_regressor(reg, good)
+    r2 = load_regressor(good, model=m)
+    x = torch.randn(1, 3, 120, 120)
+    assert_close(r2(x).landmarks, reg(x).landmarks, atol=1e-6)
+    with pytest.raises(WeightsError, match="not found"):
+        load_regressor(tmp_path / "missing.pt")
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(WeightsError, match="truncated"):
+        load_regressor(trunc)
+    with pytest.raises(WeightsError, match="asked for"):
+        load_regressor(good, arch="resnet")
+    d = torch.load(good, weights_only=True)
+    d["config"]["arch"] = "resnet"
+    other = tmp_path / "other.pt"
+    torch.save(d, other)
+    with pytest.raises(WeightsError, match="do not fit"):
+        load_regressor(other)
+    with pytest.raises(WeightsError, match="Ks=5, Ke=7"):
+        load_regressor(good, model=synthetic_model(Ks=4))
+    with pytest.raises(WeightsError, match="not a morphable regressor"):
+        torch.save({"a": torch.zeros(1)}, tmp_path / "plain.pt")
+        load_regressor(tmp_path / "plain.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch " + str(_Evil.flag),))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    _Evil.flag = tmp_path / "pwned"
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": "morphable-regressor", "config": {}, "state_dict": {}, "x": _Evil()}, bad)
+    with pytest.raises(WeightsError, match="unsafe"):
+        load_regressor(bad)
+    assert not _Evil.flag.exists()
+    with open(tmp_path / "evil2.pt", "wb") as f:  # a bare pickle, not a torch zip file
+        pickle.dump(_Evil(), f)
+    with pytest.raises(WeightsError):
+        load_regressor(tmp_path / "evil2.pt")
+    assert not _Evil.flag.exists()
+
+
+# -------------------------------------------------------------------------------- training
+def test_training_smoke_and_resume(tmp_path):
+    from regressors import train as T
+
+    m = synthetic_model()
+    W, H = 130, 120
+    n = 12
+    lab = synthetic_labels(m, n, W=W, H=H, seed=6)
+    names = [f"syn/{i}.png" for i in range(n)]
+    (tmp_path / "syn").mkdir()
+    for i, nm in enumerate(names):
+        cv2.imwrite(str(tmp_path / nm), _blob_image(lab["landmarks3d"][i][[36, 45, 30, 48, 54]], W, H))
+    save_labels(tmp_path / "labels.npz", **lab, name=names, set=["ytf68"] * n, rmse=np.ones(n), ok=np.ones(n, bool),
+                split=["train"] * 8 + ["val"] * 4, model=m.name)
+    out = tmp_path / "run"
+    common = ["--labels", str(tmp_path / "labels.npz"), "--out", str(out), "--data-root", str(tmp_path), "--batch", "4",
+              "--width", "0.25", "--threads", "1", "--epochs", "3", "--no-progress", "--warmup", "1"]
+    threads = torch.get_num_threads()
+    try:
+        T.train(T.build_parser().parse_args(common + ["--max-steps", "3"]), model=m)
+        ck = torch.load(out / "last.pt", weights_only=True)
+        assert ck["step"] == 3 and ck["epoch"] == 1 and ck["epoch_step"] == 1  # 2 steps per epoch
+        assert (out / "best.pt").is_file()
+        T.train(T.build_parser().parse_args(common + ["--max-steps", "5", "--resume"]), model=m)
+    finally:
+        torch.set_num_threads(threads)
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["step"] == 5 and ck["epoch"] == 2 and ck["epoch_step"] == 1
+    recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in recs].count("resume") == 1
+    assert all(math.isfinite(r["nme_param"]) for r in recs if r["type"] == "val")
+    reg = load_regressor(out / "best.pt", model=m)
+    assert reg.predict(np.zeros((1, 120, 120, 3), np.uint8)).shape.shape == (1, m.n_shape)
