@@ -66,15 +66,16 @@ def load_image(src: ImageSource, bgr: bool = False, max_pixels: Optional[int] = 
 
     Args:
         src: a file path; raw encoded bytes or a binary file object; a NumPy array ((H, W, 3)
-            uint8 RGB, (H, W) grey, (H, W, 1), (H, W, 4) RGBA; uint8, uint16 (scaled by 1/257),
-            bool, or float in [0, 1] (values above 1 are taken as 0..255)); or a PIL image.
+            uint8 RGB, (H, W) grey, (H, W, 1), (H, W, 4) RGBA; uint8, uint16 (scaled by 1/257;
+            other integer arrays with values above 255 are taken as 16-bit), bool, or float in
+            [0, 1] (values above 1 are taken as 0..255)); or a PIL image.
         bgr: the array's channels are in OpenCV's BGR(A) order (arrays only).
         max_pixels: refuse files whose header declares more pixels than this (default
             ``$MORPHABLE_MAX_PIXELS`` or 100 Mpx); checked before decoding.
         name: how to call the image in error messages (default: the path, or ``<array>``...).
 
     Returns:
-        (H, W, 3) uint8 RGB, C-contiguous; EXIF orientation applied for encoded inputs.
+        (H, W, 3) uint8 RGB, C-contiguous; EXIF orientation applied (files, bytes, PIL images).
 
     Raises:
         InputError: missing, empty, truncated, corrupt or non-image file, too many pixels,
@@ -84,6 +85,10 @@ def load_image(src: ImageSource, bgr: bool = False, max_pixels: Optional[int] = 
     if isinstance(src, np.ndarray):
         out = _from_array(src, bgr, name or "<array>")
     elif isinstance(src, Image.Image):
+        try:
+            src = ImageOps.exif_transpose(src)  # no-op without an orientation tag
+        except Exception:
+            pass
         out = _from_pil(src, name or "<PIL image>")
     elif isinstance(src, (bytes, bytearray, memoryview)):
         out = _decode(io.BytesIO(bytes(src)), name or "<bytes>", limit, size=len(src))

@@ -49,6 +49,7 @@ def test_exif_rotated_jpeg_loads_upright(tmp_path):
     p.write_bytes(_jpeg_bytes(stored, exif=exif))
     a = load_image(p)
     _assert_rgb(a, (60, 40))  # portrait after rotation
+    assert (load_image(Image.open(p)) == a).all()  # the same for an opened PIL image
     # the stored left (red) half is on top after a 90-degree clockwise turn
     assert a[:25, :, 0].mean() > 180 and a[:25, :, 2].mean() < 80
     assert a[-25:, :, 2].mean() > 180 and a[-25:, :, 0].mean() < 80
