@@ -1,0 +1,139 @@
+"""3DMM pseudo-labels for the training faces: fit the model to each face's annotated landmarks.
+
+``python -m regressors.pseudolabels --out labels.npz [--shared DIR] [--batch 1024] [--limit N]``
+
+* ytf68 (68 iBUG points, 300-W style jaw on the visible silhouette): fitted with
+  ``contour="2d"`` so the jaw points slide along the model's outline; ``train/`` -> split
+  ``train``, ``test/`` -> split ``val``.
+* aflw21 (up to 21 visible AFLW points, NOTES §2): mapped to iBUG-68 ids; eye centres, mouth
+  centre and ears have no single 68-point equivalent and are left out; the nose wings are
+  down-weighted (0.5), the chin too beyond 45 deg of annotated yaw (it becomes a silhouette
+  point). 5 % of the faces (by a hash of the name) form the ``val`` split.
+
+Every face is fitted by :func:`fitting.fit_landmarks` in batches (Huber loss). The stored
+``landmarks3d`` are the model's fixed 68 landmark vertices projected with the fitted
+parameters: 3D-style labels, the convention of AFLW2000-3D. ``ok`` marks fits whose weighted
+RMSE is below ``--max-nme`` percent of the face size; the rest are kept but flagged.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fitting.solver import FitOptions, fit_landmarks
+from morphable.geometry import project
+from morphable.registry import load_model
+
+#: AFLW 21-point index -> (iBUG-68 index, weight); NOTES §2. Eye/mouth centres and ears omitted.
+AFLW21_TO_68 = {0: (17, 1.0), 1: (19, 1.0), 2: (21, 1.0), 3: (22, 1.0), 4: (24, 1.0), 5: (26, 1.0),
+                6: (36, 1.0), 8: (39, 1.0), 9: (42, 1.0), 11: (45, 1.0),
+                13: (31, 0.5), 14: (30, 1.0), 15: (35, 0.5), 17: (48, 1.0), 19: (54, 1.0), 20: (8, 1.0)}
+
+
+def _default_shared() -> Path:
+    return Path(__file__).resolve().parent.parent.parent / "shared"
+
+
+def read_ytf68(shared: Path):
+    """(names, points (N, 68, 2), weights (N, 68), splits) of ytf68, image px 0-based."""
+    names, pts, splits = [], [], []
+    for split, sub in (("train", "train"), ("val", "test")):
+        rows = np.genfromtxt(shared / "data/ytf68" / f"{sub}.csv", delimiter=",", skip_header=1, dtype=str)
+        for r in rows:
+            names.append(f"ytf68/{sub}/{r[0]}")
+            pts.append(np.asarray(r[1:137], dtype=np.float64).reshape(68, 2))
+            splits.append(split)
+    p = np.stack(pts)
+    return names, p, np.ones(p.shape[:2]), splits, np.full(len(names), np.nan)
+
+
+def read_aflw21(shared: Path):
+    """(names, points (N, 68, 2) NaN where absent, weights (N, 68), splits, yaw) of aflw21."""
+    rows = np.genfromtxt(shared / "data/aflw21/aflw21.csv", delimiter=",", skip_header=1, dtype=str)
+    N = len(rows)
+    pts = np.full((N, 68, 2), np.nan)
+    w = np.zeros((N, 68))
+    vals = rows[:, 1:64].astype(np.float64).reshape(N, 21, 3)
+    yaw = rows[:, 64].astype(np.float64)
+    for a, (i, wt) in AFLW21_TO_68.items():
+        vis = vals[:, a, 2] > 0
+        pts[vis, i] = vals[vis, a, :2]
+        w[vis, i] = wt
+    chin_side = np.abs(yaw) > 45
+    w[chin_side, 8] *= 0.5
+    names = [f"aflw21/images/{n}" for n in rows[:, 0]]
+    splits = ["val" if int(hashlib.md5(n.encode()).hexdigest()[:4], 16) % 20 == 0 else "train" for n in rows[:, 0]]
+    return names, pts, w, splits, yaw
+
+
+def fit_set(model, points, weights, contour: str, batch: int, opt_kw: dict):
+    """Fit every face; returns a dict of arrays (parameters, landmarks3d, rmse, ...)."""
+    out = {k: [] for k in ("shape", "expr", "rotvec", "scale", "translation", "landmarks3d", "rmse", "valid", "converged")}
+    for i in range(0, len(points), batch):
+        y = torch.as_tensor(points[i:i + batch], dtype=torch.float32)
+        w = torch.as_tensor(weights[i:i + batch], dtype=torch.float32)
+        res = fit_landmarks(model, y, w, options=FitOptions(contour=contour, **opt_kw))
+        p = res.params
+        lm3d = project(model.landmark_points(p.shape, p.expr), p.rotation, p.scale, p.translation)
+        for k, v in (("shape", p.shape), ("expr", p.expr), ("rotvec", p.rotvec), ("scale", p.scale),
+                     ("translation", p.translation), ("landmarks3d", lm3d), ("rmse", res.rmse),
+                     ("valid", res.valid), ("converged", res.converged)):
+            out[k].append(v.numpy())
+        print(f"  {min(i + batch, len(points))}/{len(points)} faces", flush=True)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m regressors.pseudolabels", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output .npz")
+    ap.add_argument("--shared", default=str(_default_shared()), help="the shared/ folder (default: next to the checkout)")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--shape-prior", type=float, default=1.0)
+    ap.add_argument("--expr-prior", type=float, default=1.0)
+    ap.add_argument("--max-nme", type=float, default=6.0, help="ok if RMSE < this percent of face size")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N faces of each set (smoke runs)")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    shared = Path(a.shared)
+    model = load_model()
+    opt_kw = dict(max_iterations=a.iterations, shape_prior=a.shape_prior, expr_prior=a.expr_prior, robust="huber")
+    parts = []
+    for name, reader, contour in (("ytf68", read_ytf68, "2d"), ("aflw21", read_aflw21, "3d")):
+        names, pts, w, splits, yaw = reader(shared)
+        if a.limit:
+            names, pts, w, splits, yaw = names[:a.limit], pts[:a.limit], w[:a.limit], splits[:a.limit], yaw[:a.limit]
+        t0 = time.perf_counter()
+        print(f"{name}: fitting {len(names)} faces ({contour} contour)", flush=True)
+        r = fit_set(model, pts, w, contour, a.batch, opt_kw)
+        dt = time.perf_counter() - t0
+        vis = w > 0
+        lo = np.where(vis[..., None], pts, np.inf).min(1)
+        hi = np.where(vis[..., None], pts, -np.inf).max(1)
+        ext = hi - lo
+        size = np.maximum(np.sqrt(ext[:, 0] * ext[:, 1]), 0.5 * ext.max(1))
+        rel = r["rmse"] / size * 100
+        r["ok"] = r["valid"] & np.isfinite(rel) & (rel < a.max_nme)
+        r.update(name=np.array(names), set=np.array([name] * len(names)), split=np.array(splits),
+                 target=pts, visible=w, annotated_yaw=yaw, rmse_percent=rel)
+        print(f"{name}: {dt:.1f} s ({len(names) / dt:.0f} fits/s), ok {r['ok'].mean() * 100:.1f} %, "
+              f"median RMSE {np.nanmedian(r['rmse']):.2f} px = {np.nanmedian(rel):.2f} % of face size", flush=True)
+        parts.append(r)
+    keys = parts[0].keys()
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    merged["model"] = np.array(model.name)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **merged)
+    print(f"wrote {out}: {len(merged['name'])} faces, ok {merged['ok'].sum()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
