@@ -87,7 +87,11 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
     p.add_argument("--val-batch", type=int, default=128)
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimiser steps in total (0: no limit)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N train and N val rows (smoke runs)")
+    p.add_argument("--val-limit", type=int, default=0, help="use only N val rows, evenly spread (faster validation)")
     p.add_argument("--time-limit", type=float, default=0.0, help="stop (and checkpoint) after this many minutes")
+    p.add_argument("--time-budget", type=float, default=0.0,
+                   help="train for about this many minutes: the number of steps (and the cosine schedule) is fitted to the "
+                        "measured speed, re-estimated every 50 steps; --epochs is then ignored")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--n-vertices", type=int, default=500, help="random vertices of the VDC term")
@@ -161,6 +165,8 @@ def train(args, model=None) -> dict:
     va_idx = np.flatnonzero(ok & (labels["split"] == "val"))
     if args.limit:
         tr_idx, va_idx = tr_idx[:args.limit], va_idx[:args.limit]
+    if args.val_limit and len(va_idx) > args.val_limit:
+        va_idx = va_idx[np.linspace(0, len(va_idx) - 1, args.val_limit).round().astype(int)]
     if len(tr_idx) < 2:
         raise SystemExit(f"{args.labels}: fewer than 2 usable training rows (ok & split=='train')")
     tr, va = select_labels(labels, tr_idx), select_labels(labels, va_idx)
@@ -193,13 +199,20 @@ def train(args, model=None) -> dict:
     total = args.epochs * steps_per_epoch
     if args.max_steps:
         total = min(total, args.max_steps)
-    warmup = min(args.warmup, max(total // 10, 1))
+    budget = 60.0 * args.time_budget
+    if budget:
+        total = 10 ** 9 if not args.max_steps else args.max_steps  # sized after the first steps
+        warmup = max(args.warmup, 1)
+    else:
+        warmup = min(args.warmup, max(total // 10, 1))
     epoch, epoch_step, step, best = 0, 0, 0, math.inf
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
         epoch, epoch_step, step = int(ck["epoch"]), int(ck["epoch_step"]), int(ck["step"])
         best = float(ck.get("best", math.inf))
         torch.set_rng_state(ck["rng_torch"])
+        if budget:  # a resumed budget run continues the schedule it sized
+            total, budget = int(ck["total_steps"]), 0.0
         _log(log, {"type": "resume", "epoch": epoch, "epoch_step": epoch_step, "step": step})
     else:
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=1))
@@ -208,17 +221,25 @@ def train(args, model=None) -> dict:
 
     va_loader = DataLoader(ds_va, batch_size=args.val_batch, shuffle=False, num_workers=args.workers)
     t_start = time.time()
+    step0 = step
     last_metrics: dict = {}
+    val_time = [0.0, 0]  # seconds spent validating, validations
 
     def checkpoint():
         save_regressor(reg, ckpt_path, last_metrics, optimizer=opt.state_dict(), epoch=epoch, epoch_step=epoch_step,
                        step=step, best=best, rng_torch=torch.get_rng_state(), total_steps=total)
 
+    last_val_step = -1
+
     def run_val():
-        nonlocal best, last_metrics
-        if len(va_idx) == 0:
+        nonlocal best, last_metrics, last_val_step
+        if len(va_idx) == 0 or last_val_step == step:
             return
+        last_val_step = step
+        tv = time.time()
         m = validate(reg, model, va_loader)
+        val_time[0] += time.time() - tv
+        val_time[1] += 1
         last_metrics = m
         rec = {"type": "val", "epoch": epoch, "step": step, "time_s": round(time.time() - t_start, 1), **m}
         _log(log, rec)
@@ -228,9 +249,20 @@ def train(args, model=None) -> dict:
         print(f"[val] epoch {epoch} step {step}: nme_param {m['nme_param']:.3f} nme_head {m['nme_head']:.3f} "
               f"yaw_err {m['yaw_err']:.2f} deg (best {best:.3f})", file=sys.stderr)
 
+    def fit_budget() -> int:
+        # steps that fit in the budget at the speed so far; one validation per epoch and a final one are reserved
+        el = time.time() - t_start
+        per_step = (el - val_time[0]) / max(step - step0, 1)
+        per_val = val_time[0] / val_time[1] if val_time[1] else 0.02 * len(va_idx)
+        left = budget - el - per_val
+        n = left / (per_step + per_val / steps_per_epoch)
+        est = step + max(int(n), 1)
+        return min(est, args.max_steps) if args.max_steps else est
+
     stop = step >= total
     reg.train()
-    while not stop and epoch < args.epochs:
+    n_epochs = 10 ** 9 if budget else args.epochs
+    while not stop and epoch < n_epochs:
         ds_tr.set_epoch(epoch)
         sampler = EpochBatches(len(tr_idx), args.batch, args.seed, epoch, start=epoch_step)
         loader = DataLoader(ds_tr, batch_sampler=sampler, num_workers=args.workers)
@@ -238,10 +270,10 @@ def train(args, model=None) -> dict:
         if not args.no_progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr,
+            bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{'?' if budget else args.epochs}", file=sys.stderr,
                        dynamic_ncols=True, mininterval=2.0)
         sums: dict = {}
-        n_img, n_steps, t0 = 0, 0, time.time()
+        n_img, n_steps, t0, v0 = 0, 0, time.time(), val_time[0]
         for batch in loader:
             lr = lr_at(step, total, args.lr, warmup)
             for g in opt.param_groups:
@@ -263,15 +295,18 @@ def train(args, model=None) -> dict:
             if args.val_every and step % args.val_every == 0 and epoch_step < steps_per_epoch:
                 run_val()
                 checkpoint()
-            timeout = args.time_limit and (time.time() - t_start) > 60 * args.time_limit
+            if budget and (step - step0 == 20 or (step - step0) % 50 == 0):
+                total = fit_budget()
+            el = time.time() - t_start
+            timeout = (args.time_limit and el > 60 * args.time_limit) or (budget and el > budget)
             if step >= total or timeout:
                 stop = True
                 break
         if bar is not None:
             bar.close()
-        dt = time.time() - t0
+        dt = time.time() - t0 - (val_time[0] - v0)
         nb = max(n_steps, 1)
-        _log(log, {"type": "train", "epoch": epoch, "step": step, "img_per_s": round(n_img / max(dt, 1e-9), 1),
+        _log(log, {"type": "train", "epoch": epoch, "step": step, "total_steps": total, "img_per_s": round(n_img / max(dt, 1e-9), 1),
                    **{k: v / nb for k, v in sums.items()}})
         if epoch_step >= steps_per_epoch:
             epoch, epoch_step = epoch + 1, 0
