@@ -3,6 +3,7 @@ r"""Train a regressor on a pseudo-label file.
     python -m regressors.train --labels LABELS.npz --out runs/NAME [--arch mobilenet|resnet]
         [--epochs N] [--batch 64] [--lr 2e-3] [--resume] [--seed 0] [--threads 2] [--val-every STEPS]
         [--max-steps N] [--limit N] [--time-limit MIN]
+        [--extra-labels PROFILED.npz [--extra-root DIR] [--mix 0.5]] [--balance-yaw]
 
 Writes to ``--out``: ``last.pt`` (checkpoint after every epoch and at the end: weights, optimiser,
 epoch, step, RNG), ``best.pt`` (weights of the best validation ``nme_param``, loadable by
@@ -12,7 +13,8 @@ epoch) and ``args.json``.
 Optimiser AdamW (no decay on norms and biases); learning rate: linear warm-up then cosine decay to
 1% over all steps (a pure function of the step, so ``--resume`` continues it exactly). The data
 order and augmentation depend only on (seed, epoch, index), so a resumed run sees the same
-batches as an uninterrupted one.
+batches as an uninterrupted one. ``--extra-labels`` / ``--mix`` / ``--balance-yaw`` (e.g. the
+profiled faces of :mod:`regressors.profile`): see :mod:`regressors.mixing`.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .data import FaceLabelDataset, crop_labels, load_labels, select_labels
+from .mixing import add_mixing_arguments, plan_mixing
 from .losses import LossWeights, RegressorLoss, batch_metrics
 from .networks import ARCHS, Regressor, RegressorConfig, label_stats
 from .weights import FORMAT, read_weight_file, save_regressor
@@ -98,6 +101,7 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
     for k, v in LossWeights().to_dict().items():
         p.add_argument(f"--w-{k.replace('_', '-')}", type=float, default=v, help=f"loss weight of '{k}'")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    add_mixing_arguments(p)
     return p
 
 
@@ -170,6 +174,14 @@ def train(args, model=None) -> dict:
     if len(tr_idx) < 2:
         raise SystemExit(f"{args.labels}: fewer than 2 usable training rows (ok & split=='train')")
     tr, va = select_labels(labels, tr_idx), select_labels(labels, va_idx)
+    plan = plan_mixing(tr, args)  # --extra-labels rows appended, --mix / --balance-yaw sampling
+    tr = plan.labels
+
+    def make_sampler(epoch: int, start: int = 0):
+        if plan.active:
+            return plan.sampler(args.batch, args.seed, epoch, start)
+        return EpochBatches(len(tr_idx), args.batch, args.seed, epoch, start=start)
+
     names = model.info.expression_names
     kw = dict(data_root=args.data_root, expression_names=names)
     ds_tr = FaceLabelDataset(tr, augment=not args.no_augment, seed=args.seed, **kw)
@@ -195,7 +207,7 @@ def train(args, model=None) -> dict:
     opt = torch.optim.AdamW(_param_groups(reg, args.weight_decay), lr=args.lr)
     crit = RegressorLoss(model, args.n_vertices, LossWeights(**{k: getattr(args, f"w_{k}") for k in LossWeights().to_dict()}))
 
-    steps_per_epoch = len(EpochBatches(len(tr_idx), args.batch, args.seed, 0))
+    steps_per_epoch = len(make_sampler(0))
     total = args.epochs * steps_per_epoch
     if args.max_steps:
         total = min(total, args.max_steps)
@@ -216,8 +228,8 @@ def train(args, model=None) -> dict:
         _log(log, {"type": "resume", "epoch": epoch, "epoch_step": epoch_step, "step": step})
     else:
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=1))
-        _log(log, {"type": "start", "n_train": len(tr_idx), "n_val": len(va_idx), "steps_per_epoch": steps_per_epoch,
-                   "total_steps": total, "params": reg.n_params, "config": cfg.to_dict()})
+        _log(log, {"type": "start", "n_train": len(tr_idx), "n_extra": plan.n_extra, "n_val": len(va_idx),
+                   "steps_per_epoch": steps_per_epoch, "total_steps": total, "params": reg.n_params, "config": cfg.to_dict()})
 
     va_loader = DataLoader(ds_va, batch_size=args.val_batch, shuffle=False, num_workers=args.workers)
     t_start = time.time()
@@ -264,7 +276,7 @@ def train(args, model=None) -> dict:
     n_epochs = 10 ** 9 if budget else args.epochs
     while not stop and epoch < n_epochs:
         ds_tr.set_epoch(epoch)
-        sampler = EpochBatches(len(tr_idx), args.batch, args.seed, epoch, start=epoch_step)
+        sampler = make_sampler(epoch, epoch_step)
         loader = DataLoader(ds_tr, batch_sampler=sampler, num_workers=args.workers)
         bar = None
         if not args.no_progress:
