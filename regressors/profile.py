@@ -485,16 +485,22 @@ def _read_shard(path: Path) -> dict:
         return {k: z[k] for k in z.files}
 
 
+def _empty_rows(n_shape: int, n_expr: int) -> dict:
+    """Zero-row arrays of every key, right trailing shapes and kinds (a chunk whose faces all failed)."""
+    trail = {"shape": (n_shape,), "expr": (n_expr,), "rotvec": (3,), "translation": (2,), "landmarks3d": (68, 2),
+             "target": (68, 2), "landmarks2d": (68, 2), "visible": (68,), "lm_visible": (68,)}
+    kind = {"name": str, "set": str, "split": str, "source": str, "ok": bool, "lm_visible": bool,
+            "source_index": np.int64}
+    keys = list(LABEL_KEYS) + list(EXTRA_KEYS)
+    return {k: np.zeros((0,) + trail.get(k, ()), dtype=kind.get(k, np.float32)) for k in keys}
+
+
 def merge_shards(out: Path, model: str = "") -> int:
     """Concatenate ``out/shards/chunk_*.npz`` (in order) into ``out/labels.npz``; returns the row count."""
-    shards = sorted((out / "shards").glob("chunk_*.npz"))
-    parts = [_read_shard(p) for p in shards]
-    parts = [p for p in parts if len(p.get("name", ())) > 0]
-    keys = list(LABEL_KEYS) + list(EXTRA_KEYS)
-    if parts:
-        rows = {k: np.concatenate([p[k] for p in parts]) for k in keys}
-    else:
-        rows = {k: np.zeros((0,)) for k in keys}
+    parts = [_read_shard(p) for p in sorted((out / "shards").glob("chunk_*.npz"))]
+    if not parts:
+        raise ValueError(f"{out / 'shards'}: no shards to merge")
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in list(LABEL_KEYS) + list(EXTRA_KEYS)}
     write_label_file(out / "labels.npz", rows, model)
     return len(rows["name"])
 
@@ -558,6 +564,8 @@ def run(args) -> dict:
     topo = ProfileTopology(rmodel, n_face=model.n_vertices, neck_cut=args.neck_cut)
     opt = ProfileOptions(min_yaw=args.min_yaw, max_yaw=args.max_yaw, max_delta=args.max_delta)
     idx = select_faces(labels, opt, args.limit, args.seed)
+    if not len(idx):
+        raise SystemExit(f"{args.labels}: no usable training faces (ok, split train, |pitch|, |roll| <= 60 deg)")
     chunks = [idx[i:i + args.chunk] for i in range(0, len(idx), args.chunk)]
     meta = {"labels": str(Path(args.labels).resolve()), "data_root": str(root.resolve()), "seed": args.seed,
             "per_face": args.per_face, "limit": args.limit, "chunk": args.chunk, "options": opt.__dict__,
@@ -575,13 +583,12 @@ def run(args) -> dict:
     ang_all = label_angles(labels)
     bar = tqdm(total=len(idx), desc="profiling", unit="face", file=sys.stderr, dynamic_ncols=True, mininterval=2.0,
                disable=args.no_progress)
-    n_views, n_rendered, n_failed, t_start = 0, 0, 0, time.perf_counter()
+    n_rendered, n_failed, t_start = 0, 0, time.perf_counter()
     for c, rows_idx in enumerate(chunks):
         shard = out / "shards" / f"chunk_{c:05d}.npz"
         if args.resume and shard.exists():
             done = _read_shard(shard)["name"]
             if all((out / str(nm)).exists() for nm in done):
-                n_views += len(done)
                 bar.update(len(rows_idx))
                 continue
         sh = torch.as_tensor(labels["shape"][rows_idx], dtype=torch.float64)
@@ -626,16 +633,11 @@ def run(args) -> dict:
                                  ("source", src), ("source_index", int(i)), ("yaw", v.yaw),
                                  ("source_yaw", ang_all[i, 1])):
                     acc[key].append(val)
-                n_views += 1
             bar.update(1)
         if acc["name"]:
             rows = {k: np.stack([np.asarray(x) for x in v]) for k, v in acc.items()}
         else:
-            rows = {k: np.zeros((0,) + ((68, 2) if k in ("landmarks3d", "target", "landmarks2d") else ())) for k in acc}
-            rows["shape"] = np.zeros((0, model.n_shape))
-            rows["expr"] = np.zeros((0, model.n_expr))
-            rows["rotvec"], rows["translation"] = np.zeros((0, 3)), np.zeros((0, 2))
-            rows["visible"], rows["lm_visible"] = np.zeros((0, 68)), np.zeros((0, 68), bool)
+            rows = _empty_rows(model.n_shape, model.n_expr)
         arrays = _to_label_arrays(rows)
         tmp = shard.with_name(shard.name + ".tmp")
         with open(tmp, "wb") as f:
@@ -644,8 +646,7 @@ def run(args) -> dict:
     bar.close()
     dt = time.perf_counter() - t_start
     n = merge_shards(out, model.name)
-    summary = {"faces": int(len(idx)), "views": n, "rendered": n_rendered, "failed": n_failed, "seconds": round(dt, 1),
-               "faces_per_s": round(len(idx) / max(dt, 1e-9), 3)}
+    summary = {"faces": int(len(idx)), "views": n, "rendered": n_rendered, "failed": n_failed, "seconds": round(dt, 1)}
     print(f"wrote {out / 'labels.npz'}: {n} views of {len(idx)} faces; rendered {n_rendered} in {dt:.0f} s "
           f"({n_rendered / max(dt, 1e-9):.2f} views/s), {n_failed} failed", file=sys.stderr)
     if args.contact_sheet:

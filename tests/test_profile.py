@@ -12,7 +12,7 @@ import torch
 
 from morphable.geometry import angles_to_rotmat, project, rotmat_to_angles, rotmat_to_rotvec, rotvec_to_rotmat
 from morphable.render import barycentric, rasterize, vertex_normals
-from regressors.data import load_labels, save_labels
+from regressors.data import LABEL_KEYS, load_labels, save_labels, select_labels
 from regressors.profile import (ProfileOptions, ProfileTopology, main, profile_face, project_mesh, radial_warp_map,
                                 sample_target)
 
@@ -156,7 +156,8 @@ def test_target_sampling_respects_limits():
     assert a == sample_target(np.random.default_rng([0, 7, 1]), 12.0, 0.0, opt)
 
 
-def _write_dataset(tmp_path, model, topo, n=3):
+def _write_dataset(tmp_path, model, topo, n=4):
+    """n labelled synthetic photos; the last one's image is missing (a face the run must skip)."""
     root = tmp_path / "data"
     (root / "toy").mkdir(parents=True)
     rows = {k: [] for k in ("name", "shape", "expr", "rotvec", "scale", "translation", "landmarks3d")}
@@ -166,7 +167,8 @@ def _write_dataset(tmp_path, model, topo, n=3):
         k = 110 / 220
         s, t0 = s * k, (t0 + 0.5) * k - 0.5
         name = f"toy/face{i}.jpg"
-        cv2.imwrite(str(root / name), img)
+        if i < n - 1:
+            cv2.imwrite(str(root / name), img)
         Rt = torch.as_tensor(R0)[None]
         rows["name"].append(name)
         rows["shape"].append(shape[0].numpy())
@@ -188,7 +190,7 @@ def _write_dataset(tmp_path, model, topo, n=3):
 
 def test_cli_labels_roundtrip_deterministic_resumable(tmp_path, ict_model, topo):
     root, lab = _write_dataset(tmp_path, ict_model, topo)
-    args = ["--labels", str(lab), "--data-root", str(root), "--per-face", "2", "--seed", "3", "--chunk", "2",
+    args = ["--labels", str(lab), "--data-root", str(root), "--per-face", "2", "--seed", "3", "--chunk", "3",
             "--render-region", "narrow", "--no-progress"]
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(args + ["--out", str(a)]) == 0
@@ -214,7 +216,8 @@ def test_cli_labels_roundtrip_deterministic_resumable(tmp_path, ict_model, topo)
                  R, torch.as_tensor(la["scale"]).double(), torch.as_tensor(la["translation"]).double()).numpy()
     np.testing.assert_allclose(la["landmarks3d"], lm, atol=1e-3)
     # resume after a crash: a lost shard, a lost image and no merged file -> the same result
-    (b / "shards" / "chunk_00001.npz").unlink()
+    assert len(load_labels(b / "shards" / "chunk_00001.npz")["name"]) == 0  # face 3 has no image: skipped
+    (b / "shards" / "chunk_00000.npz").unlink()
     (b / la["name"][0]).unlink()
     (b / "labels.npz").unlink()
     assert main(args + ["--out", str(b), "--resume"]) == 0
@@ -232,7 +235,9 @@ def test_cli_labels_roundtrip_deterministic_resumable(tmp_path, ict_model, topo)
     from regressors.data import FaceLabelDataset
     from regressors.mixing import plan_mixing
 
-    plan = plan_mixing(src, SimpleNamespace(extra_labels=str(a / "labels.npz"), extra_root=None, mix=0.5,
+    real = select_labels(src, np.arange(3))  # the faces with images
+    save_labels(tmp_path / "real.npz", **{k: real[k] for k in LABEL_KEYS}, model=real["model"])
+    plan = plan_mixing(real, SimpleNamespace(extra_labels=str(a / "labels.npz"), extra_root=None, mix=0.5,
                                             balance_yaw=True))
     assert (plan.n_real, plan.n_extra) == (3, 6) and plan.active
     ds = FaceLabelDataset(plan.labels, data_root=root, expression_names=ict_model.info.expression_names)
@@ -250,7 +255,8 @@ def test_cli_labels_roundtrip_deterministic_resumable(tmp_path, ict_model, topo)
     threads = torch.get_num_threads()
     try:
         T.train(T.build_parser().parse_args(
-            ["--labels", str(lab), "--data-root", str(root), "--out", str(run), "--extra-labels", str(a / "labels.npz"),
+            ["--labels", str(tmp_path / "real.npz"), "--data-root", str(root), "--out", str(run),
+             "--extra-labels", str(a / "labels.npz"),
              "--mix", "0.5", "--balance-yaw", "--batch", "2", "--width", "0.25", "--threads", "1", "--max-steps", "2",
              "--no-progress", "--warmup", "1"]), model=ict_model)
     finally:
