@@ -8,8 +8,9 @@ Prints JSON lines:
   alone on a fixed batch, and, with ``--labels``, end to end with the real data pipeline
   (DataLoader with 0 and 1 workers).
 
-Each timing is the median and the minimum over repeats after warm-up; on a shared machine the
-minimum is the better estimate of the uncontended speed. The load average is printed with each line.
+Each timing is the median and the minimum over repeats after warm-up, plus the process CPU time per
+call (``cpu``). On a shared machine the minimum is the better wall-clock estimate, and at 1 thread
+the CPU time is what an idle machine would take. The load average is printed with each line.
 """
 from __future__ import annotations
 
@@ -34,14 +35,16 @@ def _load() -> float:
 
 
 def _time(fn, repeats: int, warmup: int = 2):
+    """(median wall s, min wall s, mean process CPU s) per call."""
     for _ in range(warmup):
         fn()
     ts = []
+    c0 = time.process_time()
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
-    return statistics.median(ts), min(ts)
+    return statistics.median(ts), min(ts), (time.process_time() - c0) / repeats
 
 
 def _emit(rec: dict):
@@ -62,8 +65,14 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--skip-forward", action="store_true")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-onnx", action="store_true")
+    ap.add_argument("--skip-end-to-end", action="store_true")
     args = ap.parse_args(argv)
+    import cv2
+
     from morphable.registry import load_model
+
+    cv2.setNumThreads(1)  # as in training
 
     model = load_model()
     Ks, Ke = model.n_shape, model.n_expr
@@ -76,10 +85,13 @@ def main(argv=None):
                 for B in (1, 64):
                     x = torch.randn(B, 3, 120, 120)
                     with torch.no_grad():
-                        med, mn = _time(lambda: reg(x), args.repeats if B == 1 else max(args.repeats // 4, 3))
+                        med, mn, cpu = _time(lambda: reg(x), args.repeats if B == 1 else max(args.repeats // 4, 3))
                     _emit({"what": "forward_torch", "arch": arch, "params_M": round(reg.n_params / 1e6, 2), "threads": threads,
-                           "batch": B, "ms_per_face_median": round(1e3 * med / B, 3), "ms_per_face_min": round(1e3 * mn / B, 3)})
+                           "batch": B, "ms_per_face_median": round(1e3 * med / B, 3), "ms_per_face_min": round(1e3 * mn / B, 3),
+                           "cpu_ms_per_face": round(1e3 * cpu / B, 3)})
         try:
+            if args.skip_onnx:
+                raise ImportError
             from .weights import OnnxRegressor, export_onnx
 
             with tempfile.TemporaryDirectory() as d:
@@ -89,17 +101,16 @@ def main(argv=None):
                         o = OnnxRegressor(p, threads=threads, quantize=quant)
                         for B in (1, 64):
                             crops = np.zeros((B, 120, 120, 3), np.uint8)
-                            med, mn = _time(lambda: o.predict(crops), args.repeats if B == 1 else max(args.repeats // 4, 3))
+                            med, mn, cpu = _time(lambda: o.predict(crops), args.repeats if B == 1 else max(args.repeats // 4, 3))
                             _emit({"what": "forward_onnx" + ("_int8" if quant else ""), "arch": "mobilenet", "threads": threads,
                                    "batch": B, "ms_per_face_median": round(1e3 * med / B, 3),
-                                   "ms_per_face_min": round(1e3 * mn / B, 3)})
+                                   "ms_per_face_min": round(1e3 * mn / B, 3), "cpu_ms_per_face": round(1e3 * cpu / B, 3)})
         except ImportError:
             pass
     if args.skip_train:
         return 0
     from .losses import RegressorLoss
 
-    torch.set_num_threads(2)
     reg = Regressor(RegressorConfig(n_shape=Ks, n_expr=Ke), model.expr_lower, model.expr_upper).train()
     crit = RegressorLoss(model)
     opt = torch.optim.AdamW(reg.parameters(), 1e-3)
@@ -111,9 +122,12 @@ def main(argv=None):
         loss.backward()
         opt.step()
 
-    med, mn = _time(lambda: step(batch), max(args.repeats // 2, 5))
-    _emit({"what": "train_step_compute", "arch": "mobilenet", "threads": 2, "batch": 64,
-           "img_per_s_median": round(64 / med, 1), "img_per_s_max": round(64 / mn, 1)})
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        med, mn, cpu = _time(lambda: step(batch), max(args.repeats // 4, 5))
+        _emit({"what": "train_step_compute", "arch": "mobilenet", "threads": threads, "batch": 64,
+               "img_per_s_median": round(64 / med, 1), "img_per_s_max": round(64 / mn, 1), "cpu_s_per_step": round(cpu, 3)})
+    torch.set_num_threads(2)
     if args.labels:
         from torch.utils.data import DataLoader
 
@@ -123,23 +137,25 @@ def main(argv=None):
         lab = load_labels(args.labels)
         lab = select_labels(lab, np.flatnonzero(lab["ok"] & (lab["split"] == "train")))
         ds = FaceLabelDataset(lab, expression_names=model.info.expression_names, augment=True)
-        t = time.perf_counter()
+        t, c0 = time.perf_counter(), time.process_time()
         n = 256
         for i in range(n):
             ds[i]
-        _emit({"what": "data_item", "ms_per_item": round(1e3 * (time.perf_counter() - t) / n, 3)})
-        for workers in (0, 1):
-            loader = DataLoader(ds, batch_sampler=EpochBatches(len(ds), 64, 0, workers), num_workers=workers)
+        _emit({"what": "data_item", "ms_per_item": round(1e3 * (time.perf_counter() - t) / n, 3),
+               "cpu_ms_per_item": round(1e3 * (time.process_time() - c0) / n, 3)})
+        for threads, workers in (() if args.skip_end_to_end else ((1, 0), (1, 1), (2, 0), (2, 1))):
+            torch.set_num_threads(threads)
+            loader = DataLoader(ds, batch_sampler=EpochBatches(len(ds), 64, 0, 10 * threads + workers), num_workers=workers)
             it = iter(loader)
             step(next(it))
             k, t = 0, time.perf_counter()
             for b in it:
                 step(b)
                 k += 1
-                if k == 12:
+                if k == 10:
                     break
             dt = time.perf_counter() - t
-            _emit({"what": "train_step_end_to_end", "arch": "mobilenet", "threads": 2, "batch": 64, "workers": workers,
+            _emit({"what": "train_step_end_to_end", "arch": "mobilenet", "threads": threads, "batch": 64, "workers": workers,
                    "img_per_s": round(64 * k / dt, 1)})
     return 0
 

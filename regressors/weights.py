@@ -25,7 +25,7 @@ import torch
 
 from morphable.errors import InputError, WeightsError
 
-from .networks import ARCHS, Regressor, RegressorConfig, RegressorOutput, _ExportWrapper, normalize_crops
+from .networks import ARCHS, PIXEL_MEAN, PIXEL_SCALE, Regressor, RegressorConfig, RegressorOutput, _ExportWrapper
 
 __all__ = ["DEFAULT_WEIGHTS", "FORMAT", "load_regressor", "save_regressor", "read_weight_file", "export_onnx",
            "OnnxRegressor", "quantize_onnx"]
@@ -181,7 +181,7 @@ class OnnxRegressor:
         if len(a) == 0:
             raise InputError("empty batch of crops")
         outs = []
-        for i in range(0, len(a), batch_size):
-            x = normalize_crops(a[i:i + batch_size]).numpy()
+        for i in range(0, len(a), batch_size):  # numpy, same as normalize_crops: no torch thread pool here
+            x = (a[i:i + batch_size].transpose(0, 3, 1, 2).astype(np.float32) - PIXEL_MEAN) / PIXEL_SCALE
             outs.append(dict(zip(self.names, self.session.run(None, {"crops": x}))))
         return RegressorOutput(**{n: np.concatenate([o[n] for o in outs]) for n in self.names})
