@@ -84,7 +84,8 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=300, help="warm-up steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch intra-op threads; use 1 when anything else runs on the 2 cores (2 threads are then up to 10x slower)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (0 or 1 on 2 cores)")
     p.add_argument("--val-every", type=int, default=0, help="also validate every N steps (0: only after each epoch)")
     p.add_argument("--val-batch", type=int, default=128)
