@@ -2,7 +2,6 @@
 import json
 import math
 import pickle
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +14,7 @@ from morphable.model import ModelInfo, MorphableModel
 from regressors.data import (IBUG68_FLIP, FaceLabelDataset, expression_flip_permutation, flip_labels, load_labels,
                              rotate_labels, save_labels)
 from regressors.losses import nme
-from regressors.networks import Regressor, RegressorConfig, normalize_crops, sixd_to_rotmat, rotmat_to_sixd
+from regressors.networks import Regressor, RegressorConfig, rotmat_to_sixd, sixd_to_rotmat
 from regressors.weights import OnnxRegressor, export_onnx, load_regressor, save_regressor
 from tests.conftest import assert_close
 
