@@ -187,7 +187,14 @@ def read_annotation(mat_path: Path | str) -> Annotation:
     Raises:
         InputError: unreadable file, missing fields or wrong shapes.
     """
+    from morphable.errors import ModelFormatError
+    from morphable.formats.bfm import _check_mat_numeric, _mat_variables
+
     p = Path(mat_path)
+    try:  # headers first: scipy can crash the process (not raise) on some damaged .mat files
+        _check_mat_numeric(p, _mat_variables(p), ["pt3d_68", "Pose_Para"])
+    except (ModelFormatError, OSError) as e:
+        raise InputError(str(e) if isinstance(e, ModelFormatError) else f"cannot read {p}: {e}") from None
     try:
         m = sio.loadmat(p, variable_names=["pt3d_68", "Pose_Para"])
     except Exception as e:  # scipy raises several types for corrupt files

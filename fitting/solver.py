@@ -131,7 +131,7 @@ class FitResult:
         iterations: (B,) int, accepted steps.
         converged: (B,) bool.
         valid: (B,) bool, False where the input could not be fitted (fewer than 4 finite
-            visible points, no spread); such faces keep the initial parameters.
+            visible points, no spread, all points on one line); such faces keep the initial parameters.
         landmark_vertices: (B, 68) int64 vertex ids used at the end (differs from the model's
             landmarks on the jaw when ``contour="2d"``).
     """
@@ -214,11 +214,10 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, weights: Optio
         Runs on the device and in the dtype of ``landmarks`` (float16 is computed in float32).
 
     Raises:
-        InputError: wrong shapes, empty batch, negative weights.
+        InputError: wrong shapes, empty batch, non-numeric or complex arrays, negative or non-finite weights.
     """
     opt = options or FitOptions()
-    if not isinstance(landmarks, torch.Tensor):
-        landmarks = torch.as_tensor(landmarks)
+    landmarks = _real_tensor(landmarks, "landmarks")
     L = model.n_landmarks
     if landmarks.ndim != 3 or landmarks.shape[1:] != (L, 2):
         raise InputError(f"landmarks must be (B, {L}, 2) image pixels, got {tuple(landmarks.shape)}")
@@ -230,9 +229,11 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, weights: Optio
     if weights is None:
         weights = torch.ones(B, L, dtype=out_dtype, device=landmarks.device)
     else:
-        weights = torch.as_tensor(weights).to(device=landmarks.device, dtype=out_dtype)
+        weights = _real_tensor(weights, "weights").to(device=landmarks.device, dtype=out_dtype)
         if weights.shape != (B, L):
             raise InputError(f"weights must be (B, {L}) = ({B}, {L}), got {tuple(weights.shape)}")
+        if not bool(torch.isfinite(weights).all()):
+            raise InputError("weights must be finite (0 = absent point); got NaN or inf")
         if bool((weights < 0).any()):
             raise InputError("weights must be >= 0 (0 = absent point); got negative values")
     if opt.robust not in ("l2", "huber"):
@@ -246,6 +247,18 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, weights: Optio
             parts.append(_fit(model, landmarks[sl], weights[sl], init.index(sl) if init is not None else None, opt))
         return FitResult.cat(parts)
     return _fit(model, landmarks, weights, init, opt)
+
+
+def _real_tensor(a, name: str) -> torch.Tensor:
+    """``a`` as a real-valued tensor, or InputError (strings, objects, complex numbers)."""
+    try:
+        t = a if isinstance(a, torch.Tensor) else torch.as_tensor(a)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"{name} must be an array of numbers, got {type(a).__name__} "
+                         f"({str(e).splitlines()[0][:80] if str(e) else ''})") from None
+    if t.is_complex():
+        raise InputError(f"{name} must be real numbers, got {t.dtype}")
+    return t
 
 
 class _Problem:
@@ -284,7 +297,14 @@ class _Problem:
         area = torch.where(vis.sum(1) > 0, ext[:, 0] * ext[:, 1], torch.zeros_like(ext[:, 0]))
         # profile/partial faces: use the larger side if the bbox is thin
         side = torch.maximum(area.sqrt(), 0.5 * ext.amax(-1))
-        self.valid = (vis.sum(1) >= 4) & (side > 1e-3 * ext.abs().amax(-1).clamp_min(1.0)) & (side > 1e-6)
+        # no 2D spread: the visible points (nearly) on one line (minor axis std < 1% of the major)
+        wv = self.w * vis.to(dt)
+        yc = self.y - (wv[..., None] * self.y).sum(1, keepdim=True) / wv.sum(1).clamp_min(1e-12)[:, None, None]
+        yc = yc * vis[..., None].to(dt)
+        cxx, cyy, cxy = (yc[..., 0] ** 2).sum(1), (yc[..., 1] ** 2).sum(1), (yc[..., 0] * yc[..., 1]).sum(1)
+        half, rad = (cxx + cyy) / 2, torch.sqrt(((cxx - cyy) / 2) ** 2 + cxy ** 2)
+        spread = (half - rad) > 1e-4 * (half + rad)
+        self.valid = (vis.sum(1) >= 4) & (side > 1e-3 * ext.abs().amax(-1).clamp_min(1.0)) & (side > 1e-6) & spread
         self.f = torch.where(self.valid, side / 100.0, torch.ones_like(side))
         self.w = self.w * self.valid[:, None].to(dt)
         lm = self.lm

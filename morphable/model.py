@@ -69,38 +69,71 @@ class MorphableModel(nn.Module):
         uv=None,
     ):
         super().__init__()
-        f = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-        i = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64).reshape(-1) if a is not None else np.zeros(0, np.int64))  # noqa: E731
-        mean = f(mean)
-        shape_basis, expr_basis = f(shape_basis), f(expr_basis)
-        N = mean.shape[0]
+
+        def arr(a, name):
+            try:
+                x = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a)
+            except (TypeError, ValueError) as e:  # ragged lists
+                raise ModelFormatError(f"model {name} is not an array ({str(e)[:120]}): the file is corrupt") from None
+            if x.dtype.kind not in "fiub":  # strings, objects, compound records from a broken file
+                raise ModelFormatError(f"model {name} holds {x.dtype} values, not numbers: the file is corrupt")
+            return x
+
+        def f(a, name):
+            return torch.as_tensor(arr(a, name), dtype=torch.float32)
+
+        def i(a, name):
+            if a is None:
+                return torch.zeros(0, dtype=torch.int64)
+            x = arr(a, name).reshape(-1)
+            if x.dtype.kind not in "iu" and (not np.isfinite(x).all() or not np.array_equal(x, np.round(x))):
+                raise ModelFormatError(f"model {name} must be integer vertex ids: the file is corrupt")
+            return torch.as_tensor(x.astype(np.int64))
+
+        mean = f(mean, "mean")
+        shape_basis, expr_basis = f(shape_basis, "shape_basis"), f(expr_basis, "expr_basis")
         if mean.ndim != 2 or mean.shape[1] != 3:
             raise ModelFormatError(f"model mean must be (N, 3), got {tuple(mean.shape)}")
+        N = mean.shape[0]
         for nm, b in (("shape_basis", shape_basis), ("expr_basis", expr_basis)):
             if b.ndim != 3 or b.shape[:2] != (N, 3):
                 raise ModelFormatError(f"model {nm} must be (N={N}, 3, K), got {tuple(b.shape)}")
         Ks, Ke = shape_basis.shape[2], expr_basis.shape[2]
-        tri = torch.as_tensor(np.asarray(triangles, dtype=np.int64).reshape(-1, 3))
-        lm = i(landmarks)
-        for nm, idx in (("triangles", tri), ("landmarks", lm)):
+        tri = i(triangles, "triangles")
+        if tri.numel() % 3:
+            raise ModelFormatError(f"model triangles must be (T, 3), got {tri.numel()} ids")
+        tri = tri.reshape(-1, 3)
+        lm = i(landmarks, "landmarks")
+        cr, cl = i(contour_right, "contour_right"), i(contour_left, "contour_left")
+        for nm, idx in (("triangles", tri), ("landmarks", lm), ("contour_right", cr), ("contour_left", cl)):
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= N):
                 raise ModelFormatError(f"model {nm} index outside 0..{N - 1}: the file does not match the mesh")
         if not torch.isfinite(mean).all() or not torch.isfinite(shape_basis).all() or not torch.isfinite(expr_basis).all():
             raise ModelFormatError("model contains NaN or inf values: the file is corrupt")
+        vecs = {}
+        for nm, a, n in (("shape_std", shape_std, Ks), ("expr_std", expr_std, Ke), ("expr_lower", expr_lower, Ke),
+                         ("expr_upper", expr_upper, Ke)):
+            if a is not None:
+                vecs[nm] = f(a, nm)
+                if tuple(vecs[nm].shape) != (n,):
+                    raise ModelFormatError(f"model {nm} must have {n} values, got shape {tuple(vecs[nm].shape)}")
+        uv_t = f(uv, "uv") if uv is not None else torch.zeros(0, 2)
+        if uv_t.numel() and tuple(uv_t.shape) != (N, 2):
+            raise ModelFormatError(f"model uv must be (N={N}, 2), got {tuple(uv_t.shape)}")
         self.info = info
         self.register_buffer("mean", mean)
         self.register_buffer("shape_basis", shape_basis)
         self.register_buffer("expr_basis", expr_basis)
-        self.register_buffer("shape_std", f(shape_std) if shape_std is not None else torch.ones(Ks))
-        self.register_buffer("expr_std", f(expr_std) if expr_std is not None else torch.ones(Ke))
+        self.register_buffer("shape_std", vecs.get("shape_std", torch.ones(Ks)))
+        self.register_buffer("expr_std", vecs.get("expr_std", torch.ones(Ke)))
         inf = torch.full((Ke,), float("inf"))
-        self.register_buffer("expr_lower", f(expr_lower) if expr_lower is not None else -inf)
-        self.register_buffer("expr_upper", f(expr_upper) if expr_upper is not None else inf.clone())
+        self.register_buffer("expr_lower", vecs.get("expr_lower", -inf))
+        self.register_buffer("expr_upper", vecs.get("expr_upper", inf.clone()))
         self.register_buffer("triangles", tri)
         self.register_buffer("landmarks", lm)
-        self.register_buffer("contour_right", i(contour_right))
-        self.register_buffer("contour_left", i(contour_left))
-        self.register_buffer("uv", f(uv) if uv is not None else torch.zeros(0, 2))
+        self.register_buffer("contour_right", cr)
+        self.register_buffer("contour_left", cl)
+        self.register_buffer("uv", uv_t.reshape(-1, 2))
 
     # ----------------------------------------------------------------- sizes
     @property

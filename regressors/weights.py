@@ -13,10 +13,10 @@ arbitrary unpickling is refused.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -60,7 +60,7 @@ def read_weight_file(path) -> dict:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WeightsError(f"{path}: refused to load: the file needs unsafe unpickling (weights_only=True: {msg[:200]}); "
                            "only plain tensor/dict weight files are accepted") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle stream makes torch.load raise anything (TypeError...)
         raise WeightsError(f"{path}: not a readable weight file (truncated or corrupt: {type(e).__name__}: "
                            f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT or "config" not in d or "state_dict" not in d:
@@ -85,10 +85,11 @@ def load_regressor(path=None, model=None, device="cpu", arch: Optional[str] = No
     d = read_weight_file(path)
     try:
         cfg = RegressorConfig.from_dict(dict(d["config"]))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise WeightsError(f"{path}: malformed regressor config ({e})") from None
     if cfg.arch not in ARCHS:
         raise WeightsError(f"{path}: architecture {cfg.arch!r} is not one of {ARCHS}")
+    _check_config(cfg, path)
     if arch is not None and arch != cfg.arch:
         raise WeightsError(f"{path}: holds a {cfg.arch!r} regressor, but {arch!r} was asked for")
     if model is not None and (model.n_shape, model.n_expr) != (cfg.n_shape, cfg.n_expr):
@@ -97,16 +98,40 @@ def load_regressor(path=None, model=None, device="cpu", arch: Optional[str] = No
             f"{model.name} has Ks={model.n_shape}, Ke={model.n_expr}; use weights trained for this model")
     try:
         reg = Regressor(cfg)
-    except (ValueError, TypeError) as e:
-        raise WeightsError(f"{path}: cannot build the network of its config ({e})") from None
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise WeightsError(f"{path}: cannot build the network of its config ({str(e).splitlines()[0][:200] if str(e) else e!r})") from None
     sd = d["state_dict"]
     try:
         reg.load_state_dict(sd, strict=True)
-    except (RuntimeError, TypeError, KeyError) as e:
+    except (RuntimeError, TypeError, KeyError, AttributeError) as e:
         first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise WeightsError(f"{path}: weights do not fit the {cfg.arch!r} network of its config (other architecture "
                            f"or width?): {first}") from None
+    for k, v in reg.state_dict().items():  # the zip format has no checksum: a flipped bit can make NaN/inf
+        if v.is_floating_point() and bool(torch.isnan(v).any() if k in ("expr_lower", "expr_upper") else ~torch.isfinite(v).all()):
+            raise WeightsError(f"{path}: {k} holds NaN or inf values: the file is corrupt; download or copy it again")
     return reg.to(device).eval()
+
+
+def _check_config(cfg: RegressorConfig, path) -> None:
+    """Refuse configs no real network has before building one (a huge width or size from a corrupt
+    or hostile file would allocate without bound)."""
+    def num(v, lo, hi, integer=False):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+        return ok and (not integer or float(v) == int(v))
+
+    bad = []
+    if not num(cfg.width, 0.05, 4.0):
+        bad.append(f"width={cfg.width!r} (0.05..4)")
+    if not num(cfg.crop_size, 32, 1024, True):
+        bad.append(f"crop_size={cfg.crop_size!r} (32..1024)")
+    for k in ("n_shape", "n_expr"):
+        if not num(getattr(cfg, k), 0, 100_000, True):
+            bad.append(f"{k}={getattr(cfg, k)!r} (0..100000)")
+    if not num(cfg.dropout, 0.0, 1.0):
+        bad.append(f"dropout={cfg.dropout!r} (0..1)")
+    if bad:
+        raise WeightsError(f"{path}: implausible regressor config {', '.join(bad)}: the file is corrupt or not ours")
 
 
 # --------------------------------------------------------------------------------------- ONNX

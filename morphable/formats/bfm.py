@@ -114,15 +114,22 @@ def read_trim_index(trim_index: Union[PathLike, Sequence[int], np.ndarray], n_fu
         if p.suffix.lower() == ".mat":
             import scipy.io as sio
 
+            variables = _mat_variables(p)
+            want = None
+            if variables is not None:  # read only the variable needed, checked first
+                want = ["trimIndex"] if "trimIndex" in variables else (list(variables) if len(variables) == 1 else None)
+                if want is None:
+                    raise ModelFormatError(f"{p}: no 'trimIndex' variable (has {list(variables)}); pass 3DDFA's BFM_exp_idx.mat")
+                _check_mat_numeric(p, variables, want)
             try:
-                d = sio.loadmat(p)
+                d = sio.loadmat(p, variable_names=want)
             except Exception as e:  # scipy raises many types on a bad .mat
                 raise ModelFormatError(f"{p}: not a readable MATLAB file ({e})") from None
             keys = [k for k in d if not k.startswith("__")]
             key = "trimIndex" if "trimIndex" in d else (keys[0] if len(keys) == 1 else None)
             if key is None:
                 raise ModelFormatError(f"{p}: no 'trimIndex' variable (has {keys}); pass 3DDFA's BFM_exp_idx.mat")
-            a = np.asarray(d[key])
+            a = _numeric(d[key], key, p, "3DDFA's BFM_exp_idx.mat")
         else:
             try:
                 a = np.loadtxt(p, dtype=np.float64, ndmin=1)
@@ -260,32 +267,122 @@ def _restrict(keep: np.ndarray, N: int, tri: np.ndarray, lm: np.ndarray, cr: np.
 
 
 # --------------------------------------------------------------------------- BFM 2009
-def _check_mat_complete(path: Path) -> None:
-    """Walk the top-level data elements of a MAT v5 file: a cut anywhere (even inside a variable
-    the loader does not read) is a :class:`ModelFormatError`. Other files are left to scipy."""
+#: MATLAB classes read as plain arrays (mxDOUBLE .. mxUINT64) and the data types they may hold
+#: (miINT8 .. miUINT64; 8, 10 and 11 are reserved).
+_MAT_NUMERIC_CLASSES = frozenset(range(6, 16))
+_MAT_NUMERIC_TYPES = frozenset((1, 2, 3, 4, 5, 6, 7, 9, 12, 13))
+
+
+def _mat_variables(path: Path) -> Optional[dict]:
+    """Walk a MAT v5 file's top-level variables without scipy: ``{name: (class, complex, data type)}``.
+
+    scipy's reader trusts these headers and can crash the process (not raise) on a damaged one,
+    e.g. an invalid data type code, a "complex" flag without an imaginary part or a "sparse" class
+    without sparse data, so they are checked here first. A cut anywhere (even inside a variable
+    the loader does not read) or a malformed header is a :class:`ModelFormatError`. Returns None
+    for files that are not MAT v5 (v4, v7.3/HDF5: left to scipy, which refuses them cleanly).
+    """
+    import struct
+    import zlib
+
     size = path.stat().st_size
+    out: dict = {}
     with open(path, "rb") as f:
         head = f.read(128)
         if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
-            return
-        endian = "<" if head[126:128] == b"IM" else ">"
+            return None
+        e = "<" if head[126:128] == b"IM" else ">"
+        if struct.unpack(e + "H", head[124:126])[0] != 0x0100:  # 0x0200: v7.3 (HDF5)
+            return None
+
+        def bad(pos, what):
+            return ModelFormatError(f"{path}: damaged MATLAB file: the variable at byte {pos} has {what}; "
+                                    "download or export it again")
+
+        def tag(body, off, pos):
+            if off + 8 > len(body):
+                raise bad(pos, "a cut header")
+            t, n = struct.unpack_from(e + "II", body, off)
+            if t >> 16:  # small data element: type and size in 4 bytes, data in the next 4
+                t, n = t & 0xFFFF, t >> 16  # (both byte orders, as scipy reads them)
+                if n > 4:
+                    raise bad(pos, "a malformed small data element")
+                return t, n, off + 4, off + 8
+            return t, n, off + 8, off + 8 + n + (-n % 8)
+
         pos = 128
         while pos + 8 <= size:
             f.seek(pos)
-            dtype, nbytes = np.frombuffer(f.read(8), dtype=f"{endian}u4")
-            end = pos + 8 + int(nbytes)
-            if dtype == 14:  # miMATRIX elements are padded to 8 bytes; miCOMPRESSED (15) are not
-                end += -end % 8
-            if pos + 8 + int(nbytes) > size:
+            dtype, nbytes = struct.unpack(e + "II", f.read(8))
+            end = pos + 8 + nbytes
+            if pos + 8 + nbytes > size:
                 raise ModelFormatError(f"{path}: truncated MATLAB file: a variable at byte {pos} needs {nbytes} bytes, "
                                        f"the file ends {size - pos - 8} bytes later; download it again")
+            if dtype == 14:  # miMATRIX elements are padded to 8 bytes; miCOMPRESSED (15) are not
+                end += -end % 8
+                body, inner = f.read(min(nbytes, 4096)), nbytes
+            elif dtype == 15:
+                try:
+                    raw = zlib.decompressobj().decompress(f.read(min(nbytes, 1 << 20)), 4096 + 8)
+                except zlib.error:
+                    raise bad(pos, "corrupt compressed data") from None
+                if len(raw) < 8 or struct.unpack_from(e + "I", raw)[0] != 14:
+                    raise bad(pos, "compressed data that is not a matrix")
+                body, inner = raw[8:], struct.unpack_from(e + "I", raw, 4)[0]
+            else:
+                raise bad(pos, f"data element type {dtype} where a matrix belongs")
             pos = end
+            if inner == 0:  # an empty matrix: no header
+                continue
+            t, n, d, off = tag(body, 0, pos)
+            if t != 6 or n != 8 or d + 8 > len(body):
+                raise bad(pos, "no array flags")
+            flags = struct.unpack_from(e + "I", body, d)[0]
+            mclass, cplx = flags & 0xFF, bool(flags >> 11 & 1)
+            if mclass != 17:  # every class but mxOPAQUE has dimensions before the name
+                t, n, d, off = tag(body, off, pos)
+                if t not in (5, 6) or n % 4 or n < 8:
+                    raise bad(pos, "malformed dimensions")
+            t, n, d, off = tag(body, off, pos)
+            if t not in (1, 16) or d + n > len(body):
+                raise bad(pos, "a malformed name")
+            name = bytes(body[d:d + n]).decode("latin1")
+            data_type = None
+            if mclass in _MAT_NUMERIC_CLASSES and off < len(body):
+                data_type = tag(body, off, pos)[0]
+            out[name] = (mclass, cplx, data_type)
+        if pos < size:  # 1..7 bytes: the start of a variable header, cut
+            raise ModelFormatError(f"{path}: truncated MATLAB file: it ends inside a variable header at byte {pos}; "
+                                   "download it again")
+    return out
+
+
+def _check_mat_numeric(path: Path, variables: Optional[dict], names: Sequence[str]) -> None:
+    """Refuse, before scipy reads them, variables among ``names`` that are not real numeric matrices."""
+    for n in names:
+        if variables is None or n not in variables:
+            continue
+        mclass, cplx, data_type = variables[n]
+        if mclass not in _MAT_NUMERIC_CLASSES or cplx or data_type not in _MAT_NUMERIC_TYPES:
+            what = "complex" if cplx and mclass in _MAT_NUMERIC_CLASSES else (
+                f"of MATLAB class {mclass}" if mclass not in _MAT_NUMERIC_CLASSES else f"of data type {data_type}")
+            raise ModelFormatError(f"{path}: {n} is not a real numeric matrix (it is {what}): a damaged file or "
+                                   "another program's .mat")
+
+
+def _numeric(a, name: str, path: Path, expected: str = "BFM 2009's 01_MorphableModel.mat") -> np.ndarray:
+    """A MATLAB variable as a numeric array; a cell, struct, string or object is a ModelFormatError."""
+    x = np.asarray(a)
+    if x.dtype.kind not in "fiub":
+        raise ModelFormatError(f"{path}: {name} is not a numeric matrix (it holds {x.dtype} values: a cell, struct "
+                               f"or string?); expected {expected}")
+    return x
 
 
 def _loadmat(path: Path, names: Sequence[str]) -> dict:
     import scipy.io as sio
 
-    _check_mat_complete(path)
+    _check_mat_numeric(path, _mat_variables(path), names)
     try:
         d = sio.loadmat(path, variable_names=list(names))
     except NotImplementedError as e:  # MATLAB v7.3 (HDF5) files
@@ -328,10 +425,8 @@ def load_bfm2009(mat_path: PathLike, exp_pca: Optional[PathLike] = None, std_exp
     """
     path = _need_file(mat_path, "BFM 2009 .mat")
     d = _loadmat(path, ["shapeMU", "shapePC", "shapeEV", "tl"])
-    mu = np.asarray(d["shapeMU"], dtype=np.float64)
-    pc = np.asarray(d["shapePC"])
-    ev = np.asarray(d["shapeEV"], dtype=np.float64).reshape(-1)
-    tl = np.asarray(d["tl"])
+    mu, pc, ev, tl = (_numeric(d[k], k, path) for k in ("shapeMU", "shapePC", "shapeEV", "tl"))
+    mu, ev = mu.astype(np.float64), ev.astype(np.float64).reshape(-1)
     if mu.ndim != 2 or mu.shape[1] != 1 or mu.shape[0] % 3 or mu.shape[0] == 0:
         raise ModelFormatError(f"{path}: shapeMU is {mu.shape}, expected (3N, 1)")
     N = mu.shape[0] // 3
@@ -340,11 +435,11 @@ def load_bfm2009(mat_path: PathLike, exp_pca: Optional[PathLike] = None, std_exp
     K = pc.shape[1]
     if ev.shape != (K,):
         raise ModelFormatError(f"{path}: shapeEV has {ev.size} values, shapePC {K} columns")
-    if tl.ndim != 2 or tl.shape[1] != 3 or not np.all(tl == np.round(tl)):
+    if tl.ndim != 2 or tl.shape[1] != 3 or not np.isfinite(tl).all() or not np.all(tl == np.round(tl)):
         raise ModelFormatError(f"{path}: tl is {tl.shape} {tl.dtype}, expected (T, 3) integer triangle ids")
-    tl = tl.astype(np.int64)
     if len(tl) and (tl.min() < 1 or tl.max() > N):
-        raise ModelFormatError(f"{path}: tl ids span {tl.min()}..{tl.max()}, expected 1-based ids in 1..{N}")
+        raise ModelFormatError(f"{path}: tl ids span {tl.min():g}..{tl.max():g}, expected 1-based ids in 1..{N}")
+    tl = tl.astype(np.int64)
     ks = _n_components(n_shape, K, "n_shape")
     scale, _ = _unit_scale(mu.reshape(N, 3), str(path))
     mean = mu.reshape(N, 3) * scale

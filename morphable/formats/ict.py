@@ -35,12 +35,28 @@ LICENCE = "MIT, Copyright (c) 2020 USC Institute for Creative Technologies (ICT-
 CM_TO_MM = 10.0
 
 
+def _confined(folder: Path, name: str) -> Path:
+    """``folder / name``, refusing names and symlinks that lead outside ``folder``: a model folder
+    (maybe downloaded) must not make the loader read other files of the machine."""
+    p = folder / name
+    try:
+        inside = p.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError, ValueError) as e:  # symlink loops, NUL bytes
+        raise ModelFormatError(f"{p}: unusable path in the ICT-FaceKit folder ({e})") from None
+    if not inside:
+        raise ModelFormatError(f"{p}: leads outside the model folder {folder} (a '..' or absolute name, or a symlink); "
+                               "refusing to follow it. Copy the real files into the folder (e.g. cp -rL)")
+    return p
+
+
 def _read_obj(path: Path, want_faces: bool = False):
     """Read ``v`` (and optionally ``vt``/``f``) lines of an OBJ. Returns (V (N,3), VT, faces)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ModelNotFoundError(f"{path}: missing ICT-FaceKit file; the folder must hold every OBJ of FaceXModel/") from None
+    except OSError as e:  # a folder, no permission
+        raise ModelFormatError(f"{path}: unreadable ICT-FaceKit file ({e.strerror or e})") from None
     v, vt, faces = [], [], []
     for line in data.splitlines():
         if line.startswith(b"v "):
@@ -80,19 +96,21 @@ def load_ict(folder: str | os.PathLike, region: str = "face", n_shape: int | Non
             "and pass its path, or set MORPHABLE_ICT_DIR")
     if region not in REGIONS:
         raise ModelFormatError(f"unknown ICT region {region!r}; choose one of {sorted(REGIONS)}")
-    idx_file = folder / "vertex_indices.json"
+    idx_file = _confined(folder, "vertex_indices.json")
     try:
         meta = json.loads(idx_file.read_text())
         names = list(meta["expressions"])
         lms = np.asarray(meta["idx_to_landmark_verts"], dtype=np.int64)
     except FileNotFoundError:
         raise ModelNotFoundError(f"{idx_file}: missing; copy vertex_indices.json from ICT-FaceKit FaceXModel/") from None
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError, OSError) as e:
         raise ModelFormatError(f"{idx_file}: not ICT-FaceKit's vertex_indices.json ({e})") from None
+    if not all(isinstance(n, str) and n and "\0" not in n for n in names):
+        raise ModelFormatError(f"{idx_file}: 'expressions' must be a list of OBJ names (strings)")
     if lms.shape != (68,):
         raise ModelFormatError(f"{idx_file}: expected 68 landmark vertex ids, got {lms.shape}")
 
-    neutral, vt, faces = _read_obj(folder / "generic_neutral_mesh.obj", want_faces=True)
+    neutral, vt, faces = _read_obj(_confined(folder, "generic_neutral_mesh.obj"), want_faces=True)
     n_avail = neutral.shape[0]
     N = n_avail if region == "full" else REGIONS[region]
     if n_avail < N:
@@ -102,27 +120,31 @@ def load_ict(folder: str | os.PathLike, region: str = "face", n_shape: int | Non
 
     # faces: quads/triangles "v/vt[/vn]" 1-based; fan-triangulate, keep those inside the region.
     corner_v, corner_vt, tris = [], [], []
-    for f in faces:
-        ids = [tok.split(b"/") for tok in f]
-        vi = [int(t[0]) - 1 for t in ids]
-        ti = [int(t[1]) - 1 if len(t) > 1 and t[1] else -1 for t in ids]
-        corner_v.extend(vi)
-        corner_vt.extend(ti)
-        for k in range(1, len(vi) - 1):
-            tris.append((vi[0], vi[k], vi[k + 1]))
-    tris = np.asarray(tris, dtype=np.int64)
+    try:
+        for f in faces:
+            ids = [tok.split(b"/") for tok in f]
+            vi = [int(t[0]) - 1 for t in ids]
+            ti = [int(t[1]) - 1 if len(t) > 1 and t[1] else -1 for t in ids]
+            corner_v.extend(vi)
+            corner_vt.extend(ti)
+            for k in range(1, len(vi) - 1):
+                tris.append((vi[0], vi[k], vi[k + 1]))
+        tris = np.asarray(tris, dtype=np.int64).reshape(-1, 3)
+        cv, ct = np.asarray(corner_v, dtype=np.int64), np.asarray(corner_vt, dtype=np.int64)
+    except (ValueError, OverflowError) as e:
+        raise ModelFormatError(f"{folder / 'generic_neutral_mesh.obj'}: malformed 'f' line ({e})") from None
     tris = tris[(tris < N).all(1)]
     # one UV per vertex (first corner that names it; seams get one side)
     uv = np.zeros((N, 2))
-    cv, ct = np.asarray(corner_v), np.asarray(corner_vt)
-    ok = (cv < N) & (ct >= 0) & (ct < len(vt))
+    ok = (cv >= 0) & (cv < N) & (ct >= 0) & (ct < len(vt))
     if ok.any():
         uv[cv[ok][::-1], :] = vt[ct[ok][::-1]]
 
     def target(name: str) -> np.ndarray:
-        V, _, _ = _read_obj(folder / f"{name}.obj")
-        if V.shape[0] < N:
-            raise ModelFormatError(f"{folder / (name + '.obj')}: has {V.shape[0]} vertices, expected at least {N} (truncated file?)")
+        V, _, _ = _read_obj(_confined(folder, f"{name}.obj"))
+        if V.shape[0] != n_avail:
+            raise ModelFormatError(f"{folder / (name + '.obj')}: has {V.shape[0]} vertices, the neutral mesh {n_avail}: "
+                                   "truncated, or a file of another model release")
         return V[:N] - neutral[:N]
 
     ids = sorted(p.stem for p in folder.glob("identity*.obj"))

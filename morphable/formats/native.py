@@ -31,16 +31,20 @@ def save_native(model: MorphableModel, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
-        i = model.info
-        for k in ("name", "source", "licence", "units", "shape_kind", "expr_kind"):
-            f.attrs[k] = getattr(i, k)
-        f.attrs["expression_names"] = json.dumps(list(i.expression_names))
-        for b in _BUFFERS:
-            f.create_dataset(b, data=getattr(model, b).detach().cpu().numpy())
-    os.replace(tmp, path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            i = model.info
+            for k in ("name", "source", "licence", "units", "shape_kind", "expr_kind"):
+                f.attrs[k] = getattr(i, k)
+            f.attrs["expression_names"] = json.dumps(list(i.expression_names))
+            for b in _BUFFERS:
+                f.create_dataset(b, data=getattr(model, b).detach().cpu().numpy())
+        os.replace(tmp, path)
+    finally:  # a failed write (disk full, interrupted) leaves no half file behind
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 
@@ -64,10 +68,18 @@ def load_native(path: str | os.PathLike) -> MorphableModel:
             names = json.loads(str(f.attrs["expression_names"]))
     except ModelFormatError:
         raise
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, TypeError) as e:
         raise ModelFormatError(f"{path}: unreadable or incomplete morphable model file ({e}); re-create it with `morphable convert`") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ModelFormatError(f"{path}: expression_names is not a JSON list of names; re-create it with `morphable convert`")
     info = ModelInfo(expression_names=names, **a)
-    return MorphableModel(d["mean"], d["shape_basis"], d["expr_basis"], d["triangles"], d["landmarks"], info,
-                          shape_std=d["shape_std"], expr_std=d["expr_std"], expr_lower=d["expr_lower"],
-                          expr_upper=d["expr_upper"], contour_right=d["contour_right"],
-                          contour_left=d["contour_left"], uv=d["uv"] if d["uv"].size else None)
+    try:
+        model = MorphableModel(d["mean"], d["shape_basis"], d["expr_basis"], d["triangles"], d["landmarks"], info,
+                               shape_std=d["shape_std"], expr_std=d["expr_std"], expr_lower=d["expr_lower"],
+                               expr_upper=d["expr_upper"], contour_right=d["contour_right"],
+                               contour_left=d["contour_left"], uv=d["uv"] if d["uv"].size else None)
+    except ModelFormatError as e:  # name the file
+        raise ModelFormatError(f"{path}: {e}") from None
+    if names and len(names) != model.n_expr:
+        raise ModelFormatError(f"{path}: {len(names)} expression names for {model.n_expr} expression components")
+    return model
