@@ -72,7 +72,7 @@ def load_regressor(path=None, model=None, device="cpu", arch: Optional[str] = No
     """Load a regressor (eval mode) from a weight file.
 
     Args:
-        path: weight file (default ``regressors/weights/default.pt``).
+        path: weight file (default ``$MORPHABLE_WEIGHTS``, else ``regressors/weights/default.pt``).
         model: optional :class:`morphable.model.MorphableModel`; its Ks/Ke must match the weights'.
         device: torch device.
         arch: optional expected architecture (``mobilenet``/``resnet``); another one is an error.
@@ -81,7 +81,7 @@ def load_regressor(path=None, model=None, device="cpu", arch: Optional[str] = No
         WeightsError: missing, truncated or unsafe file, another architecture, or Ks/Ke that do
             not match ``model`` (one message naming the problem).
     """
-    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    path = Path(path) if path is not None else Path(os.environ.get("MORPHABLE_WEIGHTS") or DEFAULT_WEIGHTS)
     d = read_weight_file(path)
     try:
         cfg = RegressorConfig.from_dict(dict(d["config"]))
