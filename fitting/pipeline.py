@@ -45,6 +45,11 @@ class FitConfig:
         device: torch device for the regressor and the solver.
         threads: torch threads (None = leave as is).
         max_faces: faces per image at most (largest first), None = all.
+        landmark_source: LM targets when no landmarks are given: ``"head"`` (the regressor's
+            landmark head, 3D-style jaw) or ``"dlib"`` (dlib's 68-point predictor placed on the
+            head's points, :mod:`fitting.landmarks_dlib`, fitted with a 2D sliding jaw; needs
+            ``pip install -e ".[dlib]"``). The output landmarks are the model's fixed landmark
+            vertices either way.
     """
 
     model: Optional[str] = None
@@ -57,6 +62,7 @@ class FitConfig:
     device: str = "cpu"
     threads: Optional[int] = None
     max_faces: Optional[int] = None
+    landmark_source: str = "head"
 
 
 @dataclass
@@ -182,6 +188,13 @@ class Fitter:
         self.regressor = load_regressor(self.config.weights, model=self.model, device=self.config.device)
         self.crop_size = int(self.regressor.cfg.crop_size)
         self._detector = detector
+        if self.config.landmark_source not in ("head", "dlib"):
+            raise InputError(f"landmark_source must be 'head' or 'dlib', got {self.config.landmark_source!r}")
+        self._dlib = None
+        if self.config.landmark_source == "dlib":
+            from .landmarks_dlib import DlibLandmarks
+
+            self._dlib = DlibLandmarks().load()  # fails now, naming the extra, if dlib is missing
 
     @property
     def detector(self):
@@ -232,11 +245,19 @@ class Fitter:
         timings["regressor"] = time.perf_counter() - t0
         tgt = head if targets is None else torch.as_tensor(targets, dtype=head.dtype, device=head.device)
         B = len(boxes)
+        contour = "3d"
+        if refine and targets is None and self._dlib is not None:
+            t0 = time.perf_counter()
+            H = head.detach().cpu().numpy()
+            tgt = torch.as_tensor(np.stack([self._dlib.predict_from_landmarks(im, H[i:i + 1])[0] for i, im in enumerate(images)]),
+                                  dtype=head.dtype, device=head.device)
+            contour = "2d"  # dlib's jaw is the 300-W silhouette
+            timings["dlib"] = time.perf_counter() - t0
         if refine:
             t0 = time.perf_counter()
             res = fit_landmarks(self.model, tgt, weights, init=params,
                                 options=FitOptions(max_iterations=self.config.iterations, shape_prior=self.config.shape_prior,
-                                                   expr_prior=self.config.expr_prior, check_every=0))
+                                                   expr_prior=self.config.expr_prior, check_every=0, contour=contour))
             timings["lm"] = time.perf_counter() - t0
             params, rmse, conv = res.params, res.rmse, res.converged
         else:
