@@ -23,6 +23,7 @@ before any image is read so a missing dependency fails at once. The built-ins ``
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import sys
@@ -274,6 +275,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--rotations", type=Path, default=None, help="(N,3,3) .npy of predicted rotations, for pose MAE")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the list")
     ap.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"faces per method call (default {BATCH_SIZE})")
+    ap.add_argument("--weights", default=None, help="regressor weight file for the built-in methods (default: the shipped weights)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads before running a method (default: torch's own; NOTES §4)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -297,6 +299,8 @@ def _main(args: argparse.Namespace) -> int:
         raise InputError("--one-based and --rotations only apply with --predictions FILE.npy")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.weights:
+        os.environ["MORPHABLE_WEIGHTS"] = str(Path(args.weights).resolve())
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be >= 1, got {args.threads}")
