@@ -317,13 +317,12 @@ class _Problem:
             self.cand_r = model.contour_right.to(dev)
             self.cand_l = model.contour_left.to(dev)
 
-    def blocks(self, vid):
-        """Landmark blocks for vertex ids: shared (vid is None -> the model's landmarks, (L, 3, K))
-        or per face (vid (B, L) -> (B, L, 3, K)); K = ks + ke optimised components."""
+    def basis(self, vid):
+        """Basis rows of the optimised components (K = ks + ke) at the landmark vertices: shared
+        (vid None -> the model's landmarks, (L, 3, K)) or per face (vid (B, L) -> (B, L, 3, K))."""
         if vid is None:
-            return self.lm_mean, self.lm_basis
-        Bc = torch.cat([self.Bs[vid][..., : self.ks], self.Be[vid][..., : self.ke]], -1)
-        return self.mean[vid], Bc
+            return self.lm_basis
+        return torch.cat([self.Bs[vid][..., : self.ks], self.Be[vid][..., : self.ke]], -1)
 
 
 def _points(shape, expr, prob: _Problem, vid):
@@ -363,7 +362,7 @@ def _jacobian(prob: _Problem, X, x, R, s, t, vid):
     J = torch.empty(B, 2, L, prob.P, dtype=dt, device=dev)
     sf = (s / prob.f)[:, None, None]
     if K:
-        _, Bc = prob.blocks(vid)
+        Bc = prob.basis(vid)
         if Bc.ndim == 3:  # shared blocks: one GEMM (B*2, 3) x (3, L*K)
             RB = (R[:, :2, :] @ Bc.permute(1, 0, 2).reshape(3, L * K)).view(B, 2, L, K)
         else:
