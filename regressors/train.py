@@ -97,6 +97,9 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
                    help="train for about this many minutes: the number of steps (and the cosine schedule) is fitted to the "
                         "measured speed, re-estimated every 50 steps; --epochs is then ignored")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="start from these weights (network, config and label statistics; "
+                        "fresh optimiser and schedule), e.g. regressors/weights/default.pt")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--n-vertices", type=int, default=500, help="random vertices of the VDC term")
     for k, v in LossWeights().to_dict().items():
@@ -196,8 +199,17 @@ def train(args, model=None) -> dict:
         if "optimizer" not in ck:
             raise SystemExit(f"{ckpt_path}: not a training checkpoint (no optimiser state)")
         cfg = RegressorConfig.from_dict(dict(ck["config"]))
+    init = None
+    if args.init and ck is None:
+        init = read_weight_file(Path(args.init))
+        cfg = RegressorConfig.from_dict(dict(init["config"]))
+        if (cfg.n_shape, cfg.n_expr) != (Ks, Ke):
+            raise SystemExit(f"--init {args.init}: weights are for {cfg.n_shape} shape / {cfg.n_expr} expression "
+                             f"coefficients, the model has {Ks} / {Ke}")
     reg = Regressor(cfg, model.expr_lower, model.expr_upper)
-    if ck is None:
+    if init is not None:
+        reg.load_state_dict(init["state_dict"])
+    elif ck is None:
         _, s_c, t_c, lm_c = crop_labels(tr)
         from morphable.geometry import rotvec_to_rotmat
 

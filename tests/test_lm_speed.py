@@ -87,12 +87,14 @@ def test_scipy_fit_respects_budget_and_lowers_cost(ict_model, data):
 
 
 def test_flop_model():
-    fl = B.flops_per_iteration(68, 153)
+    fl = B.flops_per_iteration(68, 153, gram=False)
     assert fl["M"] == 136 and fl["P"] == 159
     assert fl["JtWJ"] == 2 * 136 * 159 ** 2
     assert math.isclose(fl["cholesky"], 159 ** 3 / 3)
     assert fl["solves"] == 2 * 159 ** 2
     assert 8e6 < fl["total"] < 9e6
+    g = B.flops_per_iteration(68, 153)  # shared weights: Gram blocks 2*9*153^2 + pose rows 2*136*(153*6 + 36)
+    assert g["JtWJ"] == 2 * 9 * 153 ** 2 + 2 * 136 * 153 * 6 + 2 * 136 * 36
 
 
 def test_eos_projection_reproduces_landmarks():

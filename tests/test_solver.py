@@ -161,3 +161,34 @@ def test_float16_input_is_computed_in_float32(ict_model):
     gt, R, ang, y = _synthetic(ict_model, 2, 5, 0, dtype=torch.float32)
     res = fit_landmarks(ict_model, y.half(), options=FitOptions(max_iterations=10))
     assert res.landmarks.dtype == torch.float32 and torch.isfinite(res.landmarks).all()
+
+
+def test_shared_weight_gram_path_equals_generic_normal_equations(ict_model):
+    """All faces with the same weights use the precomputed Gram blocks for J^T W J; one face with
+    other weights sends the batch through the plain J^T W J. Both must give the same fits."""
+    gt, R, ang, y = _synthetic(ict_model, 3, 40, 20, yaw_deg=60, dtype=torch.float64)
+    w = torch.rand(1, 68, generator=torch.Generator().manual_seed(3), dtype=torch.float64).expand(3, 68) + 0.5
+    opt = FitOptions(max_iterations=8, check_every=0)
+    prob = _Problem(ict_model, y, w, opt)
+    assert prob.shared_gram(opt) is not None  # the fast path is really taken
+    shared = fit_landmarks(ict_model, y, w, options=opt)
+    y4 = torch.cat([y, y[:1]])
+    w4 = torch.cat([w, torch.ones(1, 68, dtype=torch.float64)])
+    assert _Problem(ict_model, y4, w4, opt).shared_gram(opt) is None
+    generic = fit_landmarks(ict_model, y4, w4, options=opt)
+    assert_close(generic.params.shape[:3], shared.params.shape, atol=1e-8)
+    assert_close(generic.params.expr[:3], shared.params.expr, atol=1e-8)
+    assert_close(generic.landmarks[:3], shared.landmarks, atol=1e-8)
+
+
+def test_mask_block_freezes_rows_and_columns():
+    from fitting.solver import _mask_block
+
+    H = torch.arange(1.0, 26.0).view(1, 5, 5)
+    keep = torch.tensor([[1.0, 0.0]])  # variables 1, 2 -> variable 2 frozen
+    _mask_block(H, keep, 1, 3)
+    expect = torch.arange(1.0, 26.0).view(5, 5)
+    expect[2, :] = 0.0
+    expect[:, 2] = 0.0
+    expect[2, 2] = 1.0
+    assert torch.equal(H[0], expect)
