@@ -70,6 +70,11 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, metavar="M", help="morphable model name or file (default: ICT-FaceKit)")
     p.add_argument("--weights", default=None, metavar="W", help="regressor weights file (default: the bundled ones)")
     p.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default: cpu)")
+    p.add_argument("--detector", default=None, choices=("auto", "mmod", "haar", "mediapipe"),
+                   help="face detector (default auto: dlib's MMOD CNN, which finds profiles, plus Haar for small faces)")
+    p.add_argument("--min-face", type=_fraction, default=None, metavar="F",
+                   help="smallest face to detect, fraction of the shorter image side (default 0.25; 0.1 finds "
+                        "smaller faces, ~6x slower)")
     p.add_argument("--resume", action="store_true", help="skip images whose output files all exist")
     p.add_argument("--max-pixels", type=_pos_int, default=None, metavar="N",
                    help="refuse images with more pixels than N (default 100000000 or $MORPHABLE_MAX_PIXELS)")
@@ -80,6 +85,13 @@ def _nonneg_int(s: str) -> int:
     v = int(s)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _fraction(s: str) -> float:
+    v = float(s)
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
     return v
 
 
@@ -155,7 +167,8 @@ def build_options(args, pipeline=None):
     """
     values = {"lm": not args.no_lm, "refine": not args.no_lm, "iterations": args.iterations,
               "max_iterations": args.iterations, "model": args.model, "weights": args.weights,
-              "device": args.device}
+              "device": args.device, "detector": getattr(args, "detector", None),
+              "min_face": getattr(args, "min_face", None)}
     cls = None
     for name in ("FitConfig", "FitAllOptions", "PipelineOptions"):
         cls = getattr(pipeline, name, None) if pipeline is not None else None

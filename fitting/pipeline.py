@@ -50,6 +50,11 @@ class FitConfig:
             head's points, :mod:`fitting.landmarks_dlib`, fitted with a 2D sliding jaw; needs
             ``pip install -e ".[dlib]"``). The output landmarks are the model's fixed landmark
             vertices either way.
+        detector: face detector when no boxes/landmarks are given (:func:`fitting.detect.make_detector`):
+            ``"auto"`` (dlib's MMOD CNN, which finds profiles, plus Haar for small faces),
+            ``"mmod"``, ``"haar"`` or ``"mediapipe"``.
+        min_face: smallest face the MMOD detector looks for, as a fraction of the image's shorter
+            side (None = its default 0.25; smaller finds smaller faces, slower: 0.1 costs ~6x).
     """
 
     model: Optional[str] = None
@@ -63,6 +68,8 @@ class FitConfig:
     threads: Optional[int] = None
     max_faces: Optional[int] = None
     landmark_source: str = "head"
+    detector: str = "auto"
+    min_face: Optional[float] = None
 
 
 @dataclass
@@ -199,9 +206,9 @@ class Fitter:
     @property
     def detector(self):
         if self._detector is None:
-            from .detect import default_detector
+            from .detect import make_detector
 
-            self._detector = default_detector()
+            self._detector = make_detector(self.config.detector, min_face=self.config.min_face)
         return self._detector
 
     # ----------------------------------------------------------------- core, batched

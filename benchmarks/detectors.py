@@ -1,0 +1,138 @@
+"""Face detectors on the AFLW2000-3D dev set: how often is the first box the face, per yaw bin?
+
+    python -m benchmarks.detectors                 # dev set (300 images) + faces68
+    python -m benchmarks.detectors --limit 50 --json
+
+For every image the detectors run once; a face counts as found when the detector's first box
+(its best face) overlaps the ground-truth 68-landmark box with IoU >= 0.5 (the built-in detectors'
+boxes are calibrated to that box). Detectors: ``haar`` (:class:`fitting.detect.OpenCVDetector`),
+``mmod`` (:class:`fitting.detect.DlibCNNDetector`, default ``min_face``) and ``auto`` (the default
+:class:`fitting.detect.CombinedDetector` of the two, replayed from the same detections). Time is
+wall time per image on one thread (``torch`` is not involved; dlib and OpenCV run single-threaded
+here), printed beside Haar's as a ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from benchmarks.protocol import load_dataset, yaw_bin
+from fitting.detect import CombinedDetector, Detections, DlibCNNDetector, OpenCVDetector, box_iou
+from fitting.images import load_image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BIN_NAMES = ("[0,30]", "(30,60]", "(60,90]")
+
+
+class _Replay:
+    """A detector that returns recorded detections (to score the combination without re-running)."""
+
+    def __init__(self, det: Detections, min_px: Optional[float] = None):
+        self.det = det
+        if min_px is not None:
+            self.min_face_px = lambda image: min_px
+
+    def detect(self, image):
+        return self.det
+
+
+def _pts(path: Path) -> np.ndarray:
+    body = path.read_text().split("{")[1].split("}")[0].split()
+    return np.array(body, float).reshape(-1, 2) - 1.0  # .pts are 1-based
+
+
+def evaluate(images: Sequence[tuple[str, Path, np.ndarray]], progress: bool = True) -> dict:
+    """``images``: (name, path, GT landmark box (4,) xyxy). Returns per-detector IoU lists and times."""
+    haar, mmod = OpenCVDetector(), DlibCNNDetector()
+    out = {k: {"iou": [], "seconds": 0.0} for k in ("haar", "mmod", "auto")}
+    for i, (name, path, gt) in enumerate(images):
+        img = load_image(path)
+        t0 = time.perf_counter()
+        h = haar.detect(img)
+        t1 = time.perf_counter()
+        m = mmod.detect(img)
+        t2 = time.perf_counter()
+        a = CombinedDetector(_Replay(m, mmod.min_face_px(img)), _Replay(h)).detect(img)
+        out["haar"]["seconds"] += t1 - t0
+        out["mmod"]["seconds"] += t2 - t1
+        out["auto"]["seconds"] += t2 - t0
+        for k, d in (("haar", h), ("mmod", m), ("auto", a)):
+            out[k]["iou"].append(float(box_iou(d.boxes[:1], gt[None])[0, 0]) if len(d) else 0.0)
+        if progress and (i + 1) % 50 == 0:
+            print(f"  {i + 1}/{len(images)}", file=sys.stderr, flush=True)
+    return out
+
+
+def summarise(res: dict, bins: Optional[np.ndarray]) -> dict:
+    s = {}
+    for k, r in res.items():
+        iou = np.array(r["iou"])
+        hit = iou >= 0.5
+        row = {"found_pct": 100.0 * hit.mean(), "median_iou": float(np.median(iou)),
+               "ms_per_image": 1e3 * r["seconds"] / max(len(iou), 1), "n": int(len(iou))}
+        if bins is not None:
+            row["found_pct_by_yaw_bin"] = {BIN_NAMES[b]: 100.0 * float(hit[bins == b].mean()) if np.any(bins == b) else None
+                                           for b in range(3)}
+        s[k] = row
+    return s
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.detectors", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=str(SHARED / "data/aflw2000-3d-dev"), help="AFLW2000-3D folder")
+    p.add_argument("--faces68", default=str(SHARED / "data/faces68"), help="folder of images + 1-based .pts")
+    p.add_argument("--limit", type=int, default=None, help="first N dev images only")
+    p.add_argument("--json", action="store_true", help="also print one JSON object")
+    args = p.parse_args(argv)
+    import cv2
+
+    cv2.setNumThreads(1)
+    report = {"env": {"threads": "OpenCV setNumThreads(1); dlib single-threaded (CPU build)",
+                      "loadavg_start": os.getloadavg()[0]}}
+    ds = load_dataset(args.data, limit=args.limit)
+    items = []
+    for i, n in enumerate(ds.names):
+        g = ds.landmarks[i, :, :2]
+        items.append((n, ds.root / f"{n}.jpg", np.r_[g.min(0), g.max(0)]))
+    bins = yaw_bin(np.degrees(ds.angles[:, 1]))
+    print(f"AFLW2000-3D dev: {len(items)} images ...", file=sys.stderr)
+    report["aflw2000_dev"] = summarise(evaluate(items), bins)
+    f68 = Path(args.faces68)
+    if f68.is_dir():
+        files = sorted(f68.glob("*.jpg")) + sorted(f68.glob("*.png"))
+        items = [(f.stem, f, np.r_[_pts(f.with_suffix(".pts")).min(0), _pts(f.with_suffix(".pts")).max(0)]) for f in files]
+        print(f"faces68: {len(items)} images ...", file=sys.stderr)
+        report["faces68"] = summarise(evaluate(items), None)
+    report["env"]["loadavg_end"] = os.getloadavg()[0]
+
+    for set_name in ("aflw2000_dev", "faces68"):
+        if set_name not in report:
+            continue
+        rows = report[set_name]
+        print(f"\n{set_name}: first box is the face (IoU >= 0.5 with the 68-landmark box)")
+        head = "| detector | found % | " + (" | ".join(BIN_NAMES) + " | " if set_name == "aflw2000_dev" else "") \
+            + "median IoU | ms/image | time vs haar |"
+        print(head)
+        print("|" + "---|" * (head.count("|") - 1))
+        for k, r in rows.items():
+            cells = [k, f"{r['found_pct']:.1f}"]
+            if "found_pct_by_yaw_bin" in r:
+                cells += [f"{v:.1f}" if v is not None else "-" for v in r["found_pct_by_yaw_bin"].values()]
+            cells += [f"{r['median_iou']:.2f}", f"{r['ms_per_image']:.0f}",
+                      f"{r['ms_per_image'] / max(rows['haar']['ms_per_image'], 1e-9):.1f}x"]
+            print("| " + " | ".join(cells) + " |")
+    print(f"\nthreads: {report['env']['threads']}; loadavg {report['env']['loadavg_start']:.2f} -> {report['env']['loadavg_end']:.2f}")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
