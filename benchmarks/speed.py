@@ -48,7 +48,7 @@ def main(argv=None) -> int:
 
     cv2.setNumThreads(a.threads)
     from benchmarks.protocol import read_annotation
-    from fitting.detect import OpenCVDetector
+    from fitting.detect import OpenCVDetector, default_detector
     from fitting.pipeline import FitConfig, Fitter
     from fitting.solver import FitOptions, fit_landmarks
     from morphable.crop import box_from_landmarks, crop_image
@@ -71,6 +71,9 @@ def main(argv=None) -> int:
     det = OpenCVDetector()
     t_det, _ = _median_time(lambda: [det.detect(im) for im in imgs], 1)
     ms["detect (Haar)"] = t_det / B * 1e3
+    det2 = default_detector()
+    t_det2, _ = _median_time(lambda: [det2.detect(im) for im in imgs], 1)
+    ms["detect (default: MMOD + Haar)"] = t_det2 / B * 1e3
     boxes = np.array([[b.x0, b.y0, b.side] for b in (box_from_landmarks(g) for g in gt)])
     S = fitter.crop_size
     t_crop, crops = _median_time(lambda: np.stack([crop_image(im, type(box_from_landmarks(g))(*b), S) for im, g, b in zip(imgs, gt, boxes)]), a.repeat)
