@@ -194,6 +194,14 @@ class Fitter:
         self.model: MorphableModel = load_model(self.config.model).to(self.config.device)
         self.regressor = load_regressor(self.config.weights, model=self.model, device=self.config.device)
         self.crop_size = int(self.regressor.cfg.crop_size)
+        # The LM fits the regressor's landmark head, so it uses the landmark vertices the head was
+        # trained with; outputs (landmarks, meshes) use the model's own definition.
+        ids = getattr(self.regressor, "landmark_ids", None)
+        if ids is None and self.model.info.landmark_definition != "upstream":
+            ids = load_model(self.config.model, landmarks="upstream").landmarks
+        self.fit_model: MorphableModel = self.model if ids is None or torch.equal(
+            torch.as_tensor(ids).to(self.model.landmarks.device), self.model.landmarks) else self.model.with_landmarks(
+            torch.as_tensor(ids).cpu().numpy(), definition="regressor")
         self._detector = detector
         if self.config.landmark_source not in ("head", "dlib"):
             raise InputError(f"landmark_source must be 'head' or 'dlib', got {self.config.landmark_source!r}")
@@ -262,7 +270,8 @@ class Fitter:
             timings["dlib"] = time.perf_counter() - t0
         if refine:
             t0 = time.perf_counter()
-            res = fit_landmarks(self.model, tgt, weights, init=params,
+            head_targets = targets is None and contour == "3d"  # the head's landmarks, not dlib's or the user's
+            res = fit_landmarks(self.fit_model if head_targets else self.model, tgt, weights, init=params,
                                 options=FitOptions(max_iterations=self.config.iterations, shape_prior=self.config.shape_prior,
                                                    expr_prior=self.config.expr_prior, check_every=0, contour=contour))
             timings["lm"] = time.perf_counter() - t0

@@ -33,6 +33,9 @@ class ModelInfo:
     shape_kind: str = "pca"
     expr_kind: str = "pca"
     expression_names: list[str] = field(default_factory=list)
+    #: which vertices are the 68 landmarks: "upstream" (the model file's own) or the name of a
+    #: re-selected definition (:mod:`morphable.landmark_definition`)
+    landmark_definition: str = "upstream"
 
 
 class MorphableModel(nn.Module):
@@ -212,6 +215,30 @@ class MorphableModel(nn.Module):
             expr = torch.where(on, lo + u * (hi - lo), torch.zeros_like(u)).clamp(lo, hi)
         return shape, expr
 
+    def with_landmarks(self, ids, definition: Optional[str] = None) -> "MorphableModel":
+        """The same model (sharing every other buffer) with another landmark definition.
+
+        Args:
+            ids: (68,) vertex ids of the iBUG-68 points.
+            definition: a short name of the definition (``info.landmark_definition``).
+        """
+        import copy
+
+        from .errors import ModelFormatError
+
+        lm = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=self.landmarks.device).reshape(-1)
+        if lm.shape != self.landmarks.shape:
+            raise ModelFormatError(f"landmark ids must be ({self.n_landmarks},), got {tuple(lm.shape)}")
+        if int(lm.min()) < 0 or int(lm.max()) >= self.n_vertices:
+            raise ModelFormatError(f"landmark ids outside 0..{self.n_vertices - 1}")
+        new = copy.copy(self)
+        new._buffers = dict(self._buffers)
+        new._buffers["landmarks"] = lm
+        new.info = copy.copy(self.info)
+        if definition is not None:
+            new.info.landmark_definition = definition
+        return new
+
     def summary(self) -> dict:
         """JSON-ready description (what ``morphable info`` prints)."""
         ext = (self.mean.max(0).values - self.mean.min(0).values).tolist()
@@ -224,6 +251,7 @@ class MorphableModel(nn.Module):
             "expression_components": self.n_expr,
             "expression_kind": self.info.expr_kind,
             "landmarks": self.n_landmarks,
+            "landmark_definition": getattr(self.info, "landmark_definition", None),
             "contour_candidates": int(self.contour_right.numel() + self.contour_left.numel()),
             "has_uv": bool(self.uv.numel()),
             "units": self.info.units,

@@ -60,7 +60,7 @@ def _fingerprint(folder: Path, extra: str) -> str:
 
 
 def load_model(name_or_path: Optional[str | os.PathLike] = None, *, region: str = "narrow",
-               cache: bool = True) -> MorphableModel:
+               cache: bool = True, landmarks: str = "refined") -> MorphableModel:
     """Load a morphable model.
 
     Args:
@@ -68,6 +68,10 @@ def load_model(name_or_path: Optional[str | os.PathLike] = None, *, region: str 
             folder, a native/BFM 2017-2019 ``.h5``, a BFM 2009 ``.mat`` or a Surrey ``.bin``.
         region: ICT-FaceKit region (``narrow``, ``face``, ``head``, ``full``).
         cache: convert ICT folders once and keep the result in :func:`cache_dir`.
+        landmarks: for ICT-FaceKit, ``"refined"`` (default) = the 68 landmark vertices re-selected
+            on annotated photos (:mod:`morphable.landmark_definition`, the shipped
+            ``morphable/data/ict_landmarks_68.json``), ``"upstream"`` = ICT-FaceKit's own
+            ``vertex_indices.json`` ids. Other formats keep their file's landmarks.
 
     Raises:
         ModelNotFoundError: the model is nowhere to be found (the message says where to get it).
@@ -86,8 +90,14 @@ def load_model(name_or_path: Optional[str | os.PathLike] = None, *, region: str 
             folder = p
         else:
             return load_model_file(p)
-    key = (str(folder.resolve()), region)
+    if landmarks not in ("refined", "upstream"):
+        raise ModelFormatError(f"landmarks must be 'refined' or 'upstream', got {landmarks!r}")
+    key = (str(folder.resolve()), region, landmarks)
     if key in _MEMO:
+        return _MEMO[key]
+    base = (str(folder.resolve()), region, "upstream")
+    if landmarks == "refined" and base in _MEMO:  # the same tensors, another landmark definition
+        _MEMO[key] = _refined(_MEMO[base])
         return _MEMO[key]
     model = None
     if cache:
@@ -104,8 +114,16 @@ def load_model(name_or_path: Optional[str | os.PathLike] = None, *, region: str 
                 save_native(model, cp)
             except OSError:
                 pass  # a read-only cache is not an error
-    _MEMO[key] = model
+    _MEMO[base] = model
+    if landmarks == "refined":
+        model = _MEMO[key] = _refined(model)
     return model
+
+
+def _refined(model: MorphableModel) -> MorphableModel:
+    from .landmark_definition import REFINED_ICT_LANDMARKS, read_landmark_file
+
+    return model.with_landmarks(read_landmark_file(REFINED_ICT_LANDMARKS, model.n_vertices), definition="refined")
 
 
 def load_model_file(path: Path) -> MorphableModel:

@@ -54,6 +54,7 @@ from torch.utils.data import Dataset
 
 from morphable.crop import CROP_SIZE, CropBox, box_from_landmarks, camera_to_crop, crop_image, to_crop
 from morphable.geometry import angles_to_rotmat, rotmat_to_rotvec, rotvec_to_rotmat
+from morphable.landmark_definition import IBUG68_MIRROR
 
 from .networks import PIXEL_MEAN, PIXEL_SCALE
 
@@ -63,6 +64,7 @@ __all__ = [
     "expression_flip_permutation",
     "save_labels",
     "load_labels",
+    "model_for_labels",
     "default_data_root",
     "flip_labels",
     "rotate_labels",
@@ -74,21 +76,8 @@ __all__ = [
 _REPO = Path(__file__).resolve().parent.parent
 
 
-def _flip68() -> np.ndarray:
-    p = np.arange(68)
-    pairs = [(i, 16 - i) for i in range(8)]  # jaw
-    pairs += [(17 + i, 26 - i) for i in range(5)]  # brows
-    pairs += [(31, 35), (32, 34)]  # nose base
-    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
-    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lips
-    pairs += [(60, 64), (61, 63), (65, 67)]  # inner lips
-    for a, b in pairs:
-        p[a], p[b] = b, a
-    return p
-
-
 #: iBUG-68 mirror permutation: point j of a mirrored face is the mirror of point ``IBUG68_FLIP[j]``.
-IBUG68_FLIP = _flip68()
+IBUG68_FLIP = IBUG68_MIRROR
 
 #: name -> (trailing shape after N, dtype kind) of the label file's per-row arrays.
 LABEL_KEYS = {
@@ -123,7 +112,7 @@ def expression_flip_permutation(names: Sequence[str]) -> Optional[np.ndarray]:
 
 # -------------------------------------------------------------------------------- label file
 def save_labels(path, *, name, set, shape, expr, rotvec, scale, translation, landmarks3d, target, visible,
-                rmse, ok, split, model: str = "") -> None:
+                rmse, ok, split, model: str = "", landmark_ids=None) -> None:
     """Write a pseudo-label file (npz, uncompressed) after checking every array's shape.
 
     Arguments are the keys of the module docstring's table. Strings are stored as fixed-width
@@ -138,6 +127,8 @@ def save_labels(path, *, name, set, shape, expr, rotvec, scale, translation, lan
         out[k] = a.astype(str) if kind == "U" else a.astype(bool) if kind == "b" else a.astype(np.float32)
     _validate(out, str(path))
     out["model"] = np.asarray(str(model))
+    if landmark_ids is not None:  # the model's 68 landmark vertex ids that landmarks3d were made with
+        out["landmark_ids"] = np.asarray(landmark_ids, dtype=np.int64).reshape(68)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:  # np.savez on a handle: no ".npz" suffix appended
@@ -171,7 +162,21 @@ def load_labels(path) -> dict:
         raise ValueError(f"{path}: not a readable npz label file ({e})") from None
     _validate(d, str(path))
     d["model"] = str(d["model"]) if "model" in d else ""
+    # a tuple (not an array): select_labels must not slice it by rows
+    d["landmark_ids"] = tuple(int(i) for i in d["landmark_ids"]) if "landmark_ids" in d else None
     return d
+
+
+def model_for_labels(name_or_path, labels: dict):
+    """The morphable model with the landmark definition the labels' ``landmarks3d`` were made with:
+    the ids stored in the file, or (files written before ids were stored) the model file's own
+    ("upstream") landmarks."""
+    from morphable.registry import load_model
+
+    ids = labels.get("landmark_ids")
+    if ids is None:
+        return load_model(name_or_path, landmarks="upstream")
+    return load_model(name_or_path).with_landmarks(np.asarray(ids), definition="labels")
 
 
 def select_labels(labels: dict, mask) -> dict:

@@ -12,7 +12,8 @@
 
 Every face is fitted by :func:`fitting.fit_landmarks` in batches (Huber loss). The stored
 ``landmarks3d`` are the model's fixed 68 landmark vertices projected with the fitted
-parameters: 3D-style labels, the convention of AFLW2000-3D. ``ok`` marks fits whose weighted
+parameters: 3D-style labels, the convention of AFLW2000-3D; the file records those vertex ids
+(``landmark_ids``, :mod:`morphable.landmark_definition`). ``ok`` marks fits whose weighted
 RMSE is below ``--max-nme`` percent of the face size; the rest are kept but flagged.
 """
 from __future__ import annotations
@@ -128,6 +129,7 @@ def main(argv=None) -> int:
     keys = parts[0].keys()
     merged = {k: np.concatenate([p[k] for p in parts]) for k in keys}
     merged["model"] = np.array(model.name)
+    merged["landmark_ids"] = model.landmarks.cpu().numpy().astype(np.int64)  # the definition landmarks3d use
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **merged)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .data import FaceLabelDataset, crop_labels, load_labels, select_labels
+from .data import FaceLabelDataset, crop_labels, load_labels, model_for_labels, select_labels
 from .mixing import add_mixing_arguments, plan_mixing
 from .losses import LossWeights, RegressorLoss, batch_metrics
 from .networks import ARCHS, Regressor, RegressorConfig, label_stats
@@ -155,15 +155,14 @@ def train(args, model=None) -> dict:
     """
     import cv2
 
-    from morphable.registry import load_model
-
     torch.set_num_threads(max(int(args.threads), 1))
     cv2.setNumThreads(1)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / "log.jsonl"
-    model = model if model is not None else load_model(args.model)
     labels = load_labels(args.labels)
+    model = model if model is not None else model_for_labels(args.model, labels)
+    lm_ids = model.landmarks.detach().cpu().long()  # the landmark definition the weights are trained with
     Ks, Ke = labels["shape"].shape[1], labels["expr"].shape[1]
     if (Ks, Ke) != (model.n_shape, model.n_expr):
         raise SystemExit(f"{args.labels}: labels have Ks={Ks}, Ke={Ke} but the model {model.name} has "
@@ -251,7 +250,7 @@ def train(args, model=None) -> dict:
     val_time = [0.0, 0]  # seconds spent validating, validations
 
     def checkpoint():
-        save_regressor(reg, ckpt_path, last_metrics, optimizer=opt.state_dict(), epoch=epoch, epoch_step=epoch_step,
+        save_regressor(reg, ckpt_path, last_metrics, landmark_ids=lm_ids, optimizer=opt.state_dict(), epoch=epoch, epoch_step=epoch_step,
                        step=step, best=best, rng_torch=torch.get_rng_state(), total_steps=total)
 
     last_val_step = -1
@@ -270,7 +269,7 @@ def train(args, model=None) -> dict:
         _log(log, rec)
         if m["nme_param"] < best:
             best = m["nme_param"]
-            save_regressor(reg, out_dir / "best.pt", {**m, "epoch": epoch, "step": step})
+            save_regressor(reg, out_dir / "best.pt", {**m, "epoch": epoch, "step": step}, landmark_ids=lm_ids)
         print(f"[val] epoch {epoch} step {step}: nme_param {m['nme_param']:.3f} nme_head {m['nme_head']:.3f} "
               f"yaw_err {m['yaw_err']:.2f} deg (best {best:.3f})", file=sys.stderr)
 
@@ -340,7 +339,7 @@ def train(args, model=None) -> dict:
     if not last_metrics and len(va_idx):
         run_val()
     if len(va_idx) == 0:  # nothing to select on: the last weights are the best we know
-        save_regressor(reg, out_dir / "best.pt", {"epoch": epoch, "step": step})
+        save_regressor(reg, out_dir / "best.pt", {"epoch": epoch, "step": step}, landmark_ids=lm_ids)
     checkpoint()
     return last_metrics
 

@@ -107,6 +107,15 @@ def load_regressor(path=None, model=None, device="cpu", arch: Optional[str] = No
         first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise WeightsError(f"{path}: weights do not fit the {cfg.arch!r} network of its config (other architecture "
                            f"or width?): {first}") from None
+    reg.landmark_ids = None  # the landmark definition the head was trained with (None: the model file's own)
+    if d.get("landmark_ids") is not None:
+        ids = torch.as_tensor(d["landmark_ids"]).reshape(-1)
+        if ids.numel() != 68 or ids.is_floating_point() or int(ids.min()) < 0:
+            raise WeightsError(f"{path}: landmark_ids must be 68 non-negative vertex ids, got {tuple(ids.shape)}")
+        if model is not None and int(ids.max()) >= model.n_vertices:
+            raise WeightsError(f"{path}: landmark_ids reach vertex {int(ids.max())} but the model {model.name} has "
+                               f"{model.n_vertices} vertices; use weights trained for this model")
+        reg.landmark_ids = ids.long()
     for k, v in reg.state_dict().items():  # the zip format has no checksum: a flipped bit can make NaN/inf
         if v.is_floating_point() and bool(torch.isnan(v).any() if k in ("expr_lower", "expr_upper") else ~torch.isfinite(v).all()):
             raise WeightsError(f"{path}: {k} holds NaN or inf values: the file is corrupt; download or copy it again")

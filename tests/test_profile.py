@@ -184,7 +184,8 @@ def _write_dataset(tmp_path, model, topo, n=4):
     save_labels(lab, name=rows["name"], set=["toy"] * n, shape=np.stack(rows["shape"]), expr=np.stack(rows["expr"]),
                 rotvec=np.stack(rows["rotvec"]), scale=np.array(rows["scale"]),
                 translation=np.stack(rows["translation"]), landmarks3d=lm, target=lm, visible=np.ones((n, 68)),
-                rmse=np.zeros(n), ok=[True] * n, split=["train"] * n, model=model.name)
+                rmse=np.zeros(n), ok=[True] * n, split=["train"] * n, model=model.name,
+                landmark_ids=model.landmarks.numpy())
     return root, lab
 
 
@@ -197,6 +198,7 @@ def test_cli_labels_roundtrip_deterministic_resumable(tmp_path, ict_model, topo)
     assert main(args + ["--out", str(b), "--contact-sheet", str(tmp_path / "sheet.png")]) == 0
     la, lb = load_labels(a / "labels.npz"), load_labels(b / "labels.npz")
     assert len(la["name"]) == 6 and la["model"] == ict_model.name
+    assert la["landmark_ids"] == tuple(ict_model.landmarks.tolist())  # the source labels' definition is kept
     for k in la:
         if k != "model":
             np.testing.assert_array_equal(la[k], lb[k], err_msg=k)

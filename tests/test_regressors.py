@@ -347,3 +347,30 @@ def test_training_smoke_and_resume(tmp_path):
     assert all(math.isfinite(r["nme_param"]) for r in recs if r["type"] == "val")
     reg = load_regressor(out / "best.pt", model=m)
     assert reg.predict(np.zeros((1, 120, 120, 3), np.uint8)).shape.shape == (1, m.n_shape)
+
+
+def test_label_file_and_weights_carry_the_landmark_definition(tmp_path):
+    """landmark_ids survive the label file (and row selection) and the weight file; bad ids are refused."""
+    from regressors.data import select_labels
+    from regressors.weights import save_regressor
+
+    m = synthetic_model()
+    lab = synthetic_labels(m, 4)
+    extra = dict(name=[f"x/{i}.jpg" for i in range(4)], set=["ytf68"] * 4, rmse=np.ones(4), ok=[True] * 4,
+                 split=["train"] * 4)
+    ids = np.arange(68)[::-1] % m.n_vertices
+    save_labels(tmp_path / "l.npz", **lab, **extra, model="synthetic", landmark_ids=ids)
+    d = load_labels(tmp_path / "l.npz")
+    assert d["landmark_ids"] == tuple(int(i) for i in ids)
+    assert select_labels(d, np.array([True, False, True, False]))["landmark_ids"] == d["landmark_ids"]
+    save_labels(tmp_path / "old.npz", **lab, **extra)
+    assert load_labels(tmp_path / "old.npz")["landmark_ids"] is None
+
+    reg = Regressor(RegressorConfig(arch="mobilenet", width=0.25, n_shape=m.n_shape, n_expr=m.n_expr))
+    save_regressor(reg, tmp_path / "w.pt", landmark_ids=torch.as_tensor(ids))
+    assert torch.equal(load_regressor(tmp_path / "w.pt", model=m).landmark_ids, torch.as_tensor(ids))
+    save_regressor(reg, tmp_path / "none.pt")
+    assert load_regressor(tmp_path / "none.pt", model=m).landmark_ids is None
+    save_regressor(reg, tmp_path / "bad.pt", landmark_ids=torch.arange(67))
+    with pytest.raises(WeightsError, match="landmark_ids"):
+        load_regressor(tmp_path / "bad.pt", model=m)

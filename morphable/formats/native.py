@@ -39,6 +39,7 @@ def save_native(model: MorphableModel, path: str | os.PathLike) -> Path:
             for k in ("name", "source", "licence", "units", "shape_kind", "expr_kind"):
                 f.attrs[k] = getattr(i, k)
             f.attrs["expression_names"] = json.dumps(list(i.expression_names))
+            f.attrs["landmark_definition"] = str(getattr(i, "landmark_definition", "upstream"))
             for b in _BUFFERS:
                 f.create_dataset(b, data=getattr(model, b).detach().cpu().numpy())
         os.replace(tmp, path)
@@ -66,6 +67,7 @@ def load_native(path: str | os.PathLike) -> MorphableModel:
             d = {b: np.asarray(f[b]) for b in _BUFFERS}
             a = {k: str(f.attrs[k]) for k in ("name", "source", "licence", "units", "shape_kind", "expr_kind")}
             names = json.loads(str(f.attrs["expression_names"]))
+            a["landmark_definition"] = str(f.attrs.get("landmark_definition", "upstream"))
     except ModelFormatError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:
