@@ -53,6 +53,9 @@ class FitConfig:
         detector: face detector when no boxes/landmarks are given (:func:`fitting.detect.make_detector`):
             ``"auto"`` (dlib's MMOD CNN, which finds profiles, plus Haar for small faces),
             ``"mmod"``, ``"haar"`` or ``"mediapipe"``.
+        flip_test: also run the regressor on the mirrored crop and average the two landmark heads
+            (the LM targets): -4.8 % head NME on the validation split (3.95 vs 4.15 %), twice the
+            regressor time.
         min_face: smallest face the MMOD detector looks for, as a fraction of the image's shorter
             side (None = its default 0.25; smaller finds smaller faces, slower: 0.1 costs ~6x).
     """
@@ -70,6 +73,7 @@ class FitConfig:
     landmark_source: str = "head"
     detector: str = "auto"
     min_face: Optional[float] = None
+    flip_test: bool = True
 
 
 @dataclass
@@ -224,6 +228,14 @@ class Fitter:
         S = self.crop_size
         crops = np.stack([crop_image(im, CropBox(int(b[0]), int(b[1]), int(b[2])), S) for im, b in zip(images, boxes)])
         out = self.regressor.predict(crops)
+        if self.config.flip_test:
+            # test-time mirror: the landmark head of the mirrored crop, mapped back (x -> S-1-x and the
+            # iBUG-68 mirror permutation), averaged with the direct one; parameters from the direct pass
+            from morphable.landmark_definition import IBUG68_MIRROR
+
+            lf = self.regressor.predict(np.ascontiguousarray(crops[:, :, ::-1])).landmarks[:, IBUG68_MIRROR].copy()
+            lf[..., 0] = (S - 1) - lf[..., 0]
+            out.landmarks = 0.5 * (np.asarray(out.landmarks) + lf)
         dev, dt = self.model.mean.device, self.model.mean.dtype
         t = lambda v: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v, dtype=dt, device=dev)  # noqa: E731
         s_img, t_img = camera_to_image(t(out.scale), t(out.translation), boxes, S)
