@@ -37,11 +37,13 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--no-lm", action="store_true")
     ap.add_argument("--one-based", action="store_true", help=".pts points are MATLAB 1-based")
+    ap.add_argument("--detector", default="auto", help="auto, mmod, haar or mediapipe (fitting.detect.make_detector)")
+    ap.add_argument("--min-face", type=float, default=None, help="smallest face, fraction of the shorter image side")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     from fitting.pipeline import FitConfig, Fitter
 
-    fitter = Fitter(FitConfig(weights=a.weights, refine=not a.no_lm))
+    fitter = Fitter(FitConfig(weights=a.weights, refine=not a.no_lm, detector=a.detector, min_face=a.min_face))
     rows = []
     for pts_file in sorted(Path(a.data).glob("*.pts")):
         img = next((pts_file.with_suffix(e) for e in (".jpg", ".png", ".jpeg") if pts_file.with_suffix(e).exists()), None)
