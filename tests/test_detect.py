@@ -54,26 +54,7 @@ def test_haar_on_faces68(shared):
     half-profile with glasses), the found one ranked first every time."""
     files = sorted((shared / "data/faces68").glob("*.jpg")) + sorted((shared / "data/faces68").glob("*.png"))
     assert len(files) == 21
-    from fitting.images import load_image
-
-    det = OpenCVDetector()
-    found, ious, centre_err, side_ratio = 0, [], [], []
-    for f in files:
-        P = _pts(f.with_suffix(".pts"))
-        gt = np.r_[P.min(0), P.max(0)]
-        d = det.detect(load_image(f))
-        if not len(d):
-            continue
-        iou = box_iou(d.boxes, gt[None])[:, 0]
-        if iou.max() < 0.3:
-            continue
-        found += 1
-        assert iou.argmax() == 0, f"{f.name}: the annotated face is not ranked first"
-        ious.append(iou.max())
-        cb, gb = d.crop_boxes()[0], box_from_landmarks(P)
-        centre_err.append(np.hypot(cb.x0 + cb.side / 2 - gb.x0 - gb.side / 2,
-                                   cb.y0 + cb.side / 2 - gb.y0 - gb.side / 2) / gb.side)
-        side_ratio.append(cb.side / gb.side)
+    found, missed, ious, centre_err, side_ratio = _faces68_agreement(OpenCVDetector(), files)
     assert found >= 18, f"found {found}/21"
     assert np.median(ious) > 0.6
     assert np.median(centre_err) < 0.12 and max(centre_err) < 0.25
