@@ -383,7 +383,8 @@ class DlibCNNDetector:
     Args:
         min_face: smallest face to find, as a fraction of the image's shorter side. The image is
             resized so that this size is the model's 80 px window (the cost grows with the square
-            of 1 / ``min_face``: about 0.3-0.7 s per image at 0.25 on one core of this CPU).
+            of 1 / ``min_face``: 0.7-1.2 s per image at 0.25 on one core of this CPU, measured while it
+            was shared with other jobs).
         threshold: minimum detection confidence (dlib's own scale; 0 is its default cut).
         max_faces: keep at most this many faces (None: all).
         model_path: another MMOD ``.dat`` file.
