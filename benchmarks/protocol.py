@@ -354,25 +354,27 @@ def pose_mae(rotations: np.ndarray, gt_angles: np.ndarray) -> tuple[PoseMAE, np.
         gt_angles: (N, 3) GT [pitch, yaw, roll], radians.
 
     Returns:
-        (summary over the +-99 degree subset, (N, 3) per-image absolute errors [pitch, yaw, roll]
-        in degrees, (N,) per-image geodesic errors in degrees).
+        (summary over the +-99 degree subset, (N, 3) per-image signed errors predicted - GT
+        [pitch, yaw, roll] in degrees (the MAE is the mean of their absolute values over the
+        subset), (N,) per-image geodesic errors in degrees).
     """
     R = torch.as_tensor(np.asarray(rotations, np.float64))
     pred_deg = np.degrees(rotmat_to_angles(R).numpy())
     gt = np.asarray(gt_angles, np.float64)
     gt_deg = np.degrees(gt)
-    err = np.abs(pred_deg - gt_deg)
+    signed = pred_deg - gt_deg
+    err = np.abs(signed)
     geo = geodesic_deg(angles_to_rotmat(torch.as_tensor(gt)).numpy(), R.numpy())
     keep = (np.abs(gt_deg) <= POSE_LIMIT_DEG).all(1)
     if not keep.any():
         nan = math.nan
-        return PoseMAE(nan, nan, nan, nan, 0, nan), err, geo
+        return PoseMAE(nan, nan, nan, nan, 0, nan), signed, geo
     pitch, yaw, roll = (float(x) for x in err[keep].mean(0))
     summary = PoseMAE(
         yaw=yaw, pitch=pitch, roll=roll, mean=(yaw + pitch + roll) / 3.0, n=int(keep.sum()),
         geodesic_median=float(np.median(geo[keep])),
     )
-    return summary, err, geo
+    return summary, signed, geo
 
 
 def check_landmarks(pred: np.ndarray, n: int, what: str = "predictions") -> np.ndarray:
@@ -429,7 +431,7 @@ class Scores:
         summary_2d: :class:`BinnedNME` of ``nme_2d``.
         summary_3d: :class:`BinnedNME` of ``nme_3d`` or None.
         pose: :class:`PoseMAE` or None when no rotations were given.
-        pose_err: (N, 3) |angle error| [pitch, yaw, roll] degrees, or None.
+        pose_err: (N, 3) signed angle error (predicted - GT) [pitch, yaw, roll] degrees, or None.
         geodesic: (N,) geodesic error degrees, or None.
     """
 
@@ -454,6 +456,9 @@ class Scores:
                 r["nme_3d"] = float(self.nme_3d[i])
             if self.geodesic is not None:
                 r["geodesic_deg"] = float(self.geodesic[i])
+            if self.pose_err is not None:
+                r["pose_err_deg"] = {k: round(float(self.pose_err[i, j]), 4)
+                                     for j, k in enumerate(("pitch", "yaw", "roll"))}
             out.append(r)
         return out
 

@@ -36,6 +36,11 @@ class ModelInfo:
     #: which vertices are the 68 landmarks: "upstream" (the model file's own) or the name of a
     #: re-selected definition (:mod:`morphable.landmark_definition`)
     landmark_definition: str = "upstream"
+    #: (3, 3) rotation applied to the source file's coordinates at load, ``x_model = F @ x_file``,
+    #: so that the model frame meets the library convention (identity: the file's own frame;
+    #: ICT-FaceKit: :data:`morphable.formats.ict.FRAME_PITCH_DEG`). Regressor weights record the
+    #: frame they were trained in and are corrected when it differs.
+    frame_rotation: list = field(default_factory=lambda: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 class MorphableModel(nn.Module):
@@ -252,6 +257,7 @@ class MorphableModel(nn.Module):
             "expression_kind": self.info.expr_kind,
             "landmarks": self.n_landmarks,
             "landmark_definition": getattr(self.info, "landmark_definition", None),
+            "frame_rotation": [[round(float(v), 6) for v in row] for row in self.info.frame_rotation],
             "contour_candidates": int(self.contour_right.numel() + self.contour_left.numel()),
             "has_uv": bool(self.uv.numel()),
             "units": self.info.units,

@@ -101,7 +101,9 @@ def load_model(name_or_path: Optional[str | os.PathLike] = None, *, region: str 
         return _MEMO[key]
     model = None
     if cache:
-        cp = cache_dir() / f"ict-{region}-{_fingerprint(folder, region)}.h5"
+        from .formats.ict import FRAME_PITCH_DEG
+
+        cp = cache_dir() / f"ict-{region}-{_fingerprint(folder, f'{region}:pitch{FRAME_PITCH_DEG}')}.h5"
         if cp.is_file():
             try:
                 model = load_native(cp)

@@ -65,6 +65,7 @@ __all__ = [
     "save_labels",
     "load_labels",
     "model_for_labels",
+    "to_frame",
     "default_data_root",
     "flip_labels",
     "rotate_labels",
@@ -112,7 +113,7 @@ def expression_flip_permutation(names: Sequence[str]) -> Optional[np.ndarray]:
 
 # -------------------------------------------------------------------------------- label file
 def save_labels(path, *, name, set, shape, expr, rotvec, scale, translation, landmarks3d, target, visible,
-                rmse, ok, split, model: str = "", landmark_ids=None) -> None:
+                rmse, ok, split, model: str = "", landmark_ids=None, frame_rotation=None) -> None:
     """Write a pseudo-label file (npz, uncompressed) after checking every array's shape.
 
     Arguments are the keys of the module docstring's table. Strings are stored as fixed-width
@@ -129,6 +130,8 @@ def save_labels(path, *, name, set, shape, expr, rotvec, scale, translation, lan
     out["model"] = np.asarray(str(model))
     if landmark_ids is not None:  # the model's 68 landmark vertex ids that landmarks3d were made with
         out["landmark_ids"] = np.asarray(landmark_ids, dtype=np.int64).reshape(68)
+    if frame_rotation is not None:  # the model frame (ModelInfo.frame_rotation) rotvec is expressed in
+        out["frame_rotation"] = np.asarray(frame_rotation, dtype=np.float64).reshape(3, 3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:  # np.savez on a handle: no ".npz" suffix appended
@@ -164,7 +167,31 @@ def load_labels(path) -> dict:
     d["model"] = str(d["model"]) if "model" in d else ""
     # a tuple (not an array): select_labels must not slice it by rows
     d["landmark_ids"] = tuple(int(i) for i in d["landmark_ids"]) if "landmark_ids" in d else None
+    # the model frame of rotvec (files without it: the model file's own frame, identity); a tuple so
+    # that select_labels does not slice it by rows
+    fr = np.asarray(d["frame_rotation"], dtype=np.float64) if "frame_rotation" in d else np.eye(3)
+    if fr.shape != (3, 3) or not np.isfinite(fr).all() or np.abs(fr @ fr.T - np.eye(3)).max() > 1e-5:
+        raise ValueError(f"{path}: frame_rotation is not a 3x3 rotation")
+    d["frame_rotation"] = tuple(tuple(float(v) for v in row) for row in fr)
     return d
+
+
+def to_frame(labels: dict, frame) -> dict:
+    """``labels`` with ``rotvec`` re-expressed in the model frame ``frame`` ((3, 3), a
+    ``ModelInfo.frame_rotation``): ``R' = R @ F_labels @ F^T``, so that ``R' @ x_model`` equals
+    ``R @ x_labels_model`` for every vertex. Projections, shape and expression are unchanged."""
+    from morphable.geometry import rotmat_to_rotvec, rotvec_to_rotmat
+
+    Fl = np.asarray(labels.get("frame_rotation", np.eye(3)), dtype=np.float64)
+    F = np.asarray(frame, dtype=np.float64)
+    C = Fl @ F.T
+    out = dict(labels)
+    out["frame_rotation"] = tuple(tuple(float(v) for v in row) for row in F)
+    if np.abs(C - np.eye(3)).max() < 1e-9 or not len(labels["rotvec"]):
+        return out
+    R = rotvec_to_rotmat(torch.as_tensor(np.asarray(labels["rotvec"], dtype=np.float64))) @ torch.as_tensor(C)
+    out["rotvec"] = rotmat_to_rotvec(R).numpy().astype(np.asarray(labels["rotvec"]).dtype)
+    return out
 
 
 def model_for_labels(name_or_path, labels: dict):

@@ -31,7 +31,7 @@ from torch.utils.data import Sampler
 
 from morphable.geometry import rotmat_to_angles, rotvec_to_rotmat
 
-from .data import LABEL_KEYS, load_labels, select_labels
+from .data import LABEL_KEYS, load_labels, select_labels, to_frame
 
 __all__ = ["add_mixing_arguments", "concat_labels", "label_angles", "label_yaw", "yaw_balance_weights",
            "MixedEpochBatches", "MixPlan", "plan_mixing"]
@@ -49,7 +49,8 @@ def add_mixing_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def concat_labels(parts: Sequence[tuple]) -> dict:
     """Join label dicts: ``parts`` is a sequence of ``(labels, root)``; a part with a ``root`` has its
     names made absolute (``root / name``). Keeps the keys of the label-file contract
-    (:data:`regressors.data.LABEL_KEYS`) and the first part's ``model``."""
+    (:data:`regressors.data.LABEL_KEYS`) and the first part's ``model`` and ``frame_rotation`` (bring
+    the parts to one frame first: :func:`regressors.data.to_frame`)."""
     if not parts:
         raise ValueError("nothing to join")
     Ks = {p[0]["shape"].shape[1] for p in parts}
@@ -67,6 +68,10 @@ def concat_labels(parts: Sequence[tuple]) -> dict:
             arrs.append(a.astype(str) if kind == "U" else a)
         cols[k] = np.concatenate(arrs)
     cols["model"] = parts[0][0].get("model", "")
+    frames = {tuple(map(tuple, np.round(np.asarray(p[0].get("frame_rotation", np.eye(3)), dtype=np.float64), 9))) for p in parts}
+    if len(frames) != 1:
+        raise ValueError("label files in different model frames cannot be joined; convert them with regressors.data.to_frame")
+    cols["frame_rotation"] = parts[0][0].get("frame_rotation", tuple(map(tuple, np.eye(3))))
     return cols
 
 
@@ -190,7 +195,7 @@ def plan_mixing(train_labels: dict, args) -> MixPlan:
     if not extra:
         w = yaw_balance_weights(label_yaw(train_labels)) if balance else None
         return MixPlan(train_labels, n_real, 0, 0.0, w)
-    ex = load_labels(extra)
+    ex = to_frame(load_labels(extra), train_labels.get("frame_rotation", np.eye(3)))  # the real rows' model frame
     keep = ex["ok"].astype(bool) & (ex["split"] == "train") & np.isfinite(ex["shape"]).all(1)
     keep &= np.isfinite(ex["landmarks3d"]).all((1, 2))
     ex = select_labels(ex, keep)

@@ -364,8 +364,23 @@ class Regressor(nn.Module):
         for k, (m, s) in default.items():
             self.register_buffer(f"{k}_mean", m.float())
             self.register_buffer(f"{k}_std", s.float())
+        #: (3, 3) model frame (``ModelInfo.frame_rotation``) of the rotation head's raw output: the
+        #: frame of the labels it was trained on (saved in weight files as ``frame_rotation``)
+        self.raw_frame = np.eye(3)
+        # R_out = R_raw @ frame_correction^T re-expresses the head's rotation in the frame of the
+        # model the weights were loaded for (not in state_dict: set by set_frame / load_regressor)
+        self.register_buffer("frame_correction", torch.eye(3), persistent=False)
         if stats is not None:
             self.set_stats(stats)
+
+    def set_frame(self, raw_frame, model_frame=None) -> None:
+        """Declare the frame of the raw rotation output and, optionally, the model frame to output in
+        (both (3, 3) rotations, ``ModelInfo.frame_rotation``; ``None``: the raw frame)."""
+        Fr = np.asarray(raw_frame, dtype=np.float64).reshape(3, 3)
+        Fm = Fr if model_frame is None else np.asarray(model_frame, dtype=np.float64).reshape(3, 3)
+        self.raw_frame = Fr
+        C = torch.as_tensor(Fm @ Fr.T, dtype=self.frame_correction.dtype, device=self.frame_correction.device)
+        self.frame_correction.copy_(C)
 
     def set_stats(self, stats: dict):
         """Copy de-normalisation buffers (from :func:`label_stats`) into the module."""
@@ -392,7 +407,7 @@ class Regressor(nn.Module):
         e = d("expr")
         lo0, span = torch.where(bounded, lo, torch.zeros_like(lo)), torch.where(bounded, hi - lo, torch.ones_like(hi))
         expr = torch.where(bounded, lo0 + span * torch.sigmoid(e), e)
-        R = sixd_to_rotmat(d("rot6d"))
+        R = sixd_to_rotmat(d("rot6d")) @ self.frame_correction.transpose(0, 1)
         return RegressorOutput(
             shape=d("shape"),
             expr=expr,

@@ -78,7 +78,7 @@ from scipy.spatial import cKDTree
 from morphable.geometry import PROJECTION, angles_to_rotmat, rotmat_to_angles, rotmat_to_rotvec, rotvec_to_rotmat
 from morphable.render import barycentric, draw_landmarks, rasterize, sample_colors, vertex_normals, vertex_visibility
 
-from .data import LABEL_KEYS, _validate, default_data_root, load_labels, model_for_labels
+from .data import LABEL_KEYS, _validate, default_data_root, load_labels, model_for_labels, to_frame
 from .mixing import label_angles
 
 __all__ = ["ProfileTopology", "ProfileOptions", "sample_target", "new_pose", "project_mesh", "profile_face",
@@ -467,13 +467,15 @@ def _to_label_arrays(rows: dict) -> dict:
     return out
 
 
-def write_label_file(path: Path, rows: dict, model: str = "", landmark_ids=None) -> None:
+def write_label_file(path: Path, rows: dict, model: str = "", landmark_ids=None, frame_rotation=None) -> None:
     """A :mod:`regressors.data` label file with extra keys, written atomically (checked first)."""
     arrays = _to_label_arrays(rows)
     _validate(arrays, str(path))
     arrays["model"] = np.asarray(str(model))
     if landmark_ids is not None:
         arrays["landmark_ids"] = np.asarray(landmark_ids, dtype=np.int64).reshape(68)
+    if frame_rotation is not None:
+        arrays["frame_rotation"] = np.asarray(frame_rotation, dtype=np.float64).reshape(3, 3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -497,13 +499,13 @@ def _empty_rows(n_shape: int, n_expr: int) -> dict:
     return {k: np.zeros((0,) + trail.get(k, ()), dtype=kind.get(k, np.float32)) for k in keys}
 
 
-def merge_shards(out: Path, model: str = "", landmark_ids=None) -> int:
+def merge_shards(out: Path, model: str = "", landmark_ids=None, frame_rotation=None) -> int:
     """Concatenate ``out/shards/chunk_*.npz`` (in order) into ``out/labels.npz``; returns the row count."""
     parts = [_read_shard(p) for p in sorted((out / "shards").glob("chunk_*.npz"))]
     if not parts:
         raise ValueError(f"{out / 'shards'}: no shards to merge")
     rows = {k: np.concatenate([p[k] for p in parts]) for k in list(LABEL_KEYS) + list(EXTRA_KEYS)}
-    write_label_file(out / "labels.npz", rows, model, landmark_ids)
+    write_label_file(out / "labels.npz", rows, model, landmark_ids, frame_rotation)
     return len(rows["name"])
 
 
@@ -558,6 +560,7 @@ def run(args) -> dict:
     root = Path(args.data_root) if args.data_root else default_data_root()
     labels = load_labels(args.labels)
     model = model_for_labels(args.model, labels)  # same landmark definition as the source labels
+    labels = to_frame(labels, model.info.frame_rotation)
     if labels["shape"].shape[1] != model.n_shape or labels["expr"].shape[1] != model.n_expr:
         raise SystemExit(f"{args.labels}: labels do not match the model {model.name} (Ks/Ke)")
     rmodel = render_model(model, args.model, args.render_region)
@@ -645,7 +648,7 @@ def run(args) -> dict:
         os.replace(tmp, shard)
     bar.close()
     dt = time.perf_counter() - t_start
-    n = merge_shards(out, model.name, model.landmarks.cpu().numpy())
+    n = merge_shards(out, model.name, model.landmarks.cpu().numpy(), model.info.frame_rotation)
     summary = {"faces": int(len(idx)), "views": n, "rendered": n_rendered, "failed": n_failed, "seconds": round(dt, 1)}
     print(f"wrote {out / 'labels.npz'}: {n} views of {len(idx)} faces; rendered {n_rendered} in {dt:.0f} s "
           f"({n_rendered / max(dt, 1e-9):.2f} views/s), {n_failed} failed", file=sys.stderr)

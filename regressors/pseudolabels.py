@@ -130,6 +130,7 @@ def main(argv=None) -> int:
     merged = {k: np.concatenate([p[k] for p in parts]) for k in keys}
     merged["model"] = np.array(model.name)
     merged["landmark_ids"] = model.landmarks.cpu().numpy().astype(np.int64)  # the definition landmarks3d use
+    merged["frame_rotation"] = np.asarray(model.info.frame_rotation, dtype=np.float64)  # the frame rotvec is in
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **merged)

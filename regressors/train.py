@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .data import FaceLabelDataset, crop_labels, load_labels, model_for_labels, select_labels
+from .data import FaceLabelDataset, crop_labels, load_labels, model_for_labels, select_labels, to_frame
 from .mixing import add_mixing_arguments, plan_mixing
 from .losses import LossWeights, RegressorLoss, batch_metrics
 from .networks import ARCHS, Regressor, RegressorConfig, label_stats
@@ -162,6 +162,7 @@ def train(args, model=None) -> dict:
     log = out_dir / "log.jsonl"
     labels = load_labels(args.labels)
     model = model if model is not None else model_for_labels(args.model, labels)
+    labels = to_frame(labels, model.info.frame_rotation)  # rotations in the frame the model is loaded in
     lm_ids = model.landmarks.detach().cpu().long()  # the landmark definition the weights are trained with
     Ks, Ke = labels["shape"].shape[1], labels["expr"].shape[1]
     if (Ks, Ke) != (model.n_shape, model.n_expr):
@@ -206,8 +207,10 @@ def train(args, model=None) -> dict:
             raise SystemExit(f"--init {args.init}: weights are for {cfg.n_shape} shape / {cfg.n_expr} expression "
                              f"coefficients, the model has {Ks} / {Ke}")
     reg = Regressor(cfg, model.expr_lower, model.expr_upper)
+    reg.set_frame(model.info.frame_rotation)  # a new network learns the labels' (= the model's) frame
     if init is not None:
         reg.load_state_dict(init["state_dict"])
+        reg.set_frame(np.asarray(init.get("frame_rotation", torch.eye(3, dtype=torch.float64))), model.info.frame_rotation)
     elif ck is None:
         _, s_c, t_c, lm_c = crop_labels(tr)
         from morphable.geometry import rotvec_to_rotmat
@@ -216,6 +219,7 @@ def train(args, model=None) -> dict:
         reg.set_stats(label_stats(tr["shape"], tr["expr"], R, s_c, t_c, lm_c, model.expr_lower, model.expr_upper))
     else:
         reg.load_state_dict(ck["state_dict"])
+        reg.set_frame(np.asarray(ck.get("frame_rotation", torch.eye(3, dtype=torch.float64))), model.info.frame_rotation)
     opt = torch.optim.AdamW(_param_groups(reg, args.weight_decay), lr=args.lr)
     crit = RegressorLoss(model, args.n_vertices, LossWeights(**{k: getattr(args, f"w_{k}") for k in LossWeights().to_dict()}))
 

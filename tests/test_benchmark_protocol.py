@@ -129,6 +129,8 @@ def test_pose_known_errors():
     assert s.n == 3  # the 100 degree yaw is excluded
     assert s.yaw == pytest.approx(6.0, abs=1e-9) and s.pitch == pytest.approx(0.0, abs=1e-9)
     assert s.roll == pytest.approx(0.0, abs=1e-9) and s.mean == pytest.approx(2.0, abs=1e-9)
+    np.testing.assert_allclose(err[:3, 1], 6.0, atol=1e-9)  # signed: predicted - GT
+    np.testing.assert_allclose(err[:3, [0, 2]], 0.0, atol=1e-9)
     # geodesic: pure yaw offset of image 0 and 2 is exactly 6 deg
     assert geo[0] == pytest.approx(6.0, abs=1e-9) and geo[2] == pytest.approx(6.0, abs=1e-9)
     # a rotation about an arbitrary axis by 7 deg has geodesic error 7 whatever the Euler angles

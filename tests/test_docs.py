@@ -299,6 +299,7 @@ def test_gallery_script(tmp_path):
 
 def test_ray_example(tmp_path):
     pytest.importorskip("ray", reason='ray is not installed: pip install -e ".[ray]"')
+    pytest.importorskip("pandas", reason='Ray Data needs pandas (ray[data]): pip install -e ".[ray]"')
     if not WEIGHTS.is_file():
         pytest.skip(NO_WEIGHTS)
     faces = SHARED / "data" / "faces68"

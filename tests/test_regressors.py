@@ -374,3 +374,102 @@ def test_label_file_and_weights_carry_the_landmark_definition(tmp_path):
     save_regressor(reg, tmp_path / "bad.pt", landmark_ids=torch.arange(67))
     with pytest.raises(WeightsError, match="landmark_ids"):
         load_regressor(tmp_path / "bad.pt", model=m)
+
+
+# --------------------------------------------------------------------------- model frame
+def _rx(deg: float) -> np.ndarray:
+    return angles_to_rotmat(torch.tensor([math.radians(deg), 0.0, 0.0], dtype=torch.float64)).numpy()
+
+
+def _framed(m: MorphableModel, F: np.ndarray) -> MorphableModel:
+    """``m`` with every vertex turned by F (what a loader's frame_rotation does)."""
+    Ft = torch.as_tensor(F, dtype=m.mean.dtype)
+    info = ModelInfo(**{**m.info.__dict__, "frame_rotation": F.tolist()})
+    return MorphableModel(m.mean @ Ft.T, torch.einsum("ij,njk->nik", Ft, m.shape_basis),
+                          torch.einsum("ij,njk->nik", Ft, m.expr_basis), m.triangles, m.landmarks, info,
+                          expr_lower=m.expr_lower, expr_upper=m.expr_upper)
+
+
+def test_weights_are_corrected_to_the_model_frame(tmp_path):
+    """Weights trained in one frame and loaded for a model turned by F give R' = R F^T, so every
+    projected landmark stays where it was; weights saved after that keep their raw frame."""
+    m = synthetic_model(bounded=False)
+    F = _rx(-7.0) @ angles_to_rotmat(torch.tensor([0.0, 0.1, 0.05], dtype=torch.float64)).numpy()
+    mf = _framed(m, F)
+    reg = tiny(m)
+    with torch.no_grad():
+        for h in reg.heads.values():
+            h.weight.normal_(0, 0.05)
+    save_regressor(reg, tmp_path / "w.pt")  # raw frame = identity (m's own)
+    crops = np.random.default_rng(1).integers(0, 256, (3, 120, 120, 3), dtype=np.uint8)
+    a = load_regressor(tmp_path / "w.pt", model=m).predict(crops)
+    b = load_regressor(tmp_path / "w.pt", model=mf).predict(crops)
+    np.testing.assert_allclose(b.rotmat, a.rotmat @ F.T, atol=1e-5)
+    t = lambda v: torch.as_tensor(v, dtype=torch.float32)  # noqa: E731
+    pa = project(m.landmark_points(t(a.shape), t(a.expr)), t(a.rotmat), t(a.scale), t(a.translation))
+    pb = project(mf.landmark_points(t(b.shape), t(b.expr)), t(b.rotmat), t(b.scale), t(b.translation))
+    assert_close(pb, pa, atol=1e-3)
+    assert not np.allclose(a.rotmat, b.rotmat, atol=1e-3)  # the correction did something
+    rb = load_regressor(tmp_path / "w.pt", model=mf)
+    save_regressor(rb, tmp_path / "again.pt")
+    np.testing.assert_allclose(load_regressor(tmp_path / "again.pt", model=mf).predict(crops).rotmat, b.rotmat, atol=1e-6)
+    torch.save({**torch.load(tmp_path / "w.pt", weights_only=True), "frame_rotation": torch.ones(3, 3)}, tmp_path / "bad.pt")
+    with pytest.raises(WeightsError, match="frame_rotation"):
+        load_regressor(tmp_path / "bad.pt", model=m)
+
+
+def test_labels_move_between_frames(tmp_path):
+    """to_frame re-expresses rotvec so projections are unchanged; files keep their frame; joining
+    label sets of two frames is refused."""
+    from regressors.data import to_frame
+    from regressors.mixing import concat_labels
+
+    m = synthetic_model(bounded=False)
+    F = _rx(-4.95)
+    mf = _framed(m, F)
+    lab = synthetic_labels(m, 5)
+    extra = dict(name=[f"x/{i}.jpg" for i in range(5)], set=["ytf68"] * 5, rmse=np.ones(5), ok=[True] * 5,
+                 split=["train"] * 5)
+    save_labels(tmp_path / "l.npz", **lab, **extra, model="synthetic")
+    d = load_labels(tmp_path / "l.npz")
+    np.testing.assert_allclose(d["frame_rotation"], np.eye(3))  # no key: the file's own frame
+    e = to_frame(d, F)
+    np.testing.assert_allclose(e["frame_rotation"], F)
+    keys = list(lab)
+    for i in range(5):
+        assert_close(_proj(mf, _row({k: e[k] for k in keys}, i)), _proj(m, _row({k: d[k] for k in keys}, i)), atol=1e-3)
+    back = to_frame(e, np.eye(3))
+    np.testing.assert_allclose(back["rotvec"], d["rotvec"], atol=1e-5)
+    save_labels(tmp_path / "f.npz", **{k: e[k] for k in lab}, **extra, model="synthetic", frame_rotation=F)
+    np.testing.assert_allclose(load_labels(tmp_path / "f.npz")["frame_rotation"], F, atol=1e-12)
+    with pytest.raises(ValueError, match="frame"):
+        concat_labels([(d, None), (e, None)])
+    assert len(concat_labels([(d, None), (to_frame(e, np.eye(3)), None)])["name"]) == 10
+
+
+def test_ict_frame_rotation(ict_model, tmp_path):
+    """The default model is ICT-FaceKit turned by FRAME_PITCH_DEG about x: its mean is the neutral
+    OBJ (cm -> mm) turned by that rotation, and the native cache keeps the frame."""
+    from pathlib import Path
+
+    from morphable.formats.ict import FRAME_PITCH_DEG, frame_rotation
+    from morphable.formats.native import load_native, save_native
+    from morphable.registry import find_ict
+
+    F = frame_rotation()
+    np.testing.assert_allclose(F, _rx(FRAME_PITCH_DEG), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(ict_model.info.frame_rotation), F, atol=1e-12)
+    folder = Path(find_ict())
+    obj = folder / "FaceXModel" / "generic_neutral_mesh.obj" if (folder / "FaceXModel").is_dir() else folder / "generic_neutral_mesh.obj"
+    v = []
+    for line in obj.read_text().splitlines():
+        if line.startswith("v "):
+            v.append([float(x) for x in line.split()[1:4]])
+            if len(v) == 3000:
+                break
+    raw = np.asarray(v) * 10.0
+    np.testing.assert_allclose(ict_model.mean[:3000].double().numpy(), raw @ F.T, atol=1e-3)
+    pitch, yaw, roll = np.degrees(rotmat_to_angles(torch.as_tensor(F)).numpy())
+    assert abs(pitch - FRAME_PITCH_DEG) < 1e-9 and abs(yaw) < 1e-9 and abs(roll) < 1e-9
+    again = load_native(save_native(ict_model, tmp_path / "m.h5"))
+    np.testing.assert_allclose(np.asarray(again.info.frame_rotation), F, atol=1e-12)

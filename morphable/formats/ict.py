@@ -3,7 +3,8 @@
 Layout (``FaceXModel/``): ``generic_neutral_mesh.obj`` (v, vt, f), ``identity000..099.obj`` and
 one OBJ per expression (``v`` lines only in the trimmed copy, full meshes upstream), and
 ``vertex_indices.json`` (expression order, 68 landmark vertex ids). Coordinates are centimetres,
-+y up, +z out of the face, +x subject's left; converted here to millimetres (x10).
++y up, +z out of the face, +x subject's left; converted here to millimetres (x10) and turned
+about x by :data:`FRAME_PITCH_DEG` (below) so that zero pitch means a face looking at the camera.
 
 Identity targets are PCA modes already scaled to unit-variance weights (the upstream loader draws
 identity weights from N(0, 1)), so the shape basis is ``identity_i - neutral`` with std 1.
@@ -33,6 +34,17 @@ LEFT_JAW_EXTENDED = [3041, 3661, 3042, 4390, 3880, 3022, 3085, 2484, 4102, 4036,
 
 LICENCE = "MIT, Copyright (c) 2020 USC Institute for Creative Technologies (ICT-FaceKit)"
 CM_TO_MM = 10.0
+
+#: Pitch (degrees, library convention: positive turns the face up) applied to ICT-FaceKit's
+#: coordinates at load, ``x_model = Rx(FRAME_PITCH_DEG) @ x_file`` (``ModelInfo.frame_rotation``).
+#: In ICT's own frame a face looking at the camera reads about -5 degrees of pitch: LM fits of the
+#: 68 annotated points of the 2,741 ytf68 *training* faces with |yaw| < 20 degrees (300-W contour
+#: mode, refined landmarks, :mod:`regressors.pseudolabels` settings) have a median pitch of -4.95
+#: degrees (the shipped regressor + LM read -5.08 on the same crops). YouTube interview frames are
+#: filmed at eye level, so their median pitch is taken as zero. AFLW training photos (21 points, no
+#: jaw) read -13.6 by the same measure and were not used: they are a different population and a
+#: 21-point fit constrains pitch poorly. The AFLW2000-3D (BFM) frame itself is not available here.
+FRAME_PITCH_DEG = -4.95
 
 
 def _confined(folder: Path, name: str) -> Path:
@@ -71,6 +83,16 @@ def _read_obj(path: Path, want_faces: bool = False):
     except ValueError:
         raise ModelFormatError(f"{path}: malformed 'v'/'vt' lines (truncated or not an OBJ file)") from None
     return V, VT, faces
+
+
+def frame_rotation() -> np.ndarray:
+    """(3, 3) float64: the rotation ICT-FaceKit's coordinates get at load (:data:`FRAME_PITCH_DEG`)."""
+    import torch
+
+    from ..geometry import angles_to_rotmat
+
+    a = torch.tensor([np.radians(FRAME_PITCH_DEG), 0.0, 0.0], dtype=torch.float64)
+    return angles_to_rotmat(a).numpy()
 
 
 def load_ict(folder: str | os.PathLike, region: str = "face", n_shape: int | None = None,
@@ -152,17 +174,18 @@ def load_ict(folder: str | os.PathLike, region: str = "face", n_shape: int | Non
         raise ModelNotFoundError(f"{folder}: no identityNNN.obj files; the ICT-FaceKit folder is incomplete")
     if n_shape is not None:
         ids = ids[:n_shape]
-    S = np.stack([target(n) for n in ids], -1) * CM_TO_MM
-    E = np.stack([target(n) for n in names], -1) * CM_TO_MM
+    F = frame_rotation()
+    S = np.einsum("ij,njk->nik", F, np.stack([target(n) for n in ids], -1) * CM_TO_MM)
+    E = np.einsum("ij,njk->nik", F, np.stack([target(n) for n in names], -1) * CM_TO_MM)
     lm_ok = lms < N
     if not lm_ok.all():
         raise ModelFormatError(f"region {region!r} does not contain all 68 landmark vertices")
     cr = [i for i in RIGHT_JAW_EXTENDED if i < N]
     cl = [i for i in LEFT_JAW_EXTENDED if i < N]
     info = ModelInfo(name=f"ict-facekit-{region}", source=str(folder), licence=LICENCE, units="mm",
-                     shape_kind="pca", expr_kind="blendshape", expression_names=names)
+                     shape_kind="pca", expr_kind="blendshape", expression_names=names, frame_rotation=F.tolist())
     Ke = E.shape[-1]
-    return MorphableModel(neutral[:N] * CM_TO_MM, S, E, tris, lms, info,
+    return MorphableModel(neutral[:N] * CM_TO_MM @ F.T, S, E, tris, lms, info,
                           shape_std=np.ones(S.shape[-1]), expr_std=np.ones(Ke),
                           expr_lower=np.zeros(Ke), expr_upper=np.ones(Ke),
                           contour_right=cr, contour_left=cl, uv=uv)

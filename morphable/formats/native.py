@@ -40,6 +40,7 @@ def save_native(model: MorphableModel, path: str | os.PathLike) -> Path:
                 f.attrs[k] = getattr(i, k)
             f.attrs["expression_names"] = json.dumps(list(i.expression_names))
             f.attrs["landmark_definition"] = str(getattr(i, "landmark_definition", "upstream"))
+            f.attrs["frame_rotation"] = json.dumps(np.asarray(i.frame_rotation, dtype=np.float64).tolist())
             for b in _BUFFERS:
                 f.create_dataset(b, data=getattr(model, b).detach().cpu().numpy())
         os.replace(tmp, path)
@@ -47,6 +48,14 @@ def save_native(model: MorphableModel, path: str | os.PathLike) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _frame(v, path) -> list:
+    """A (3, 3) rotation from a JSON attribute, or ModelFormatError."""
+    F = np.asarray(v, dtype=np.float64)
+    if F.shape != (3, 3) or not np.isfinite(F).all() or np.abs(F @ F.T - np.eye(3)).max() > 1e-6 or np.linalg.det(F) < 0:
+        raise ModelFormatError(f"{path}: frame_rotation is not a 3x3 rotation; re-create it with `morphable convert`")
+    return F.tolist()
 
 
 def load_native(path: str | os.PathLike) -> MorphableModel:
@@ -68,6 +77,9 @@ def load_native(path: str | os.PathLike) -> MorphableModel:
             a = {k: str(f.attrs[k]) for k in ("name", "source", "licence", "units", "shape_kind", "expr_kind")}
             names = json.loads(str(f.attrs["expression_names"]))
             a["landmark_definition"] = str(f.attrs.get("landmark_definition", "upstream"))
+            fr = f.attrs.get("frame_rotation")
+            if fr is not None:
+                a["frame_rotation"] = _frame(json.loads(str(fr)), path)
     except ModelFormatError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:
