@@ -59,6 +59,50 @@ def _fake_batch(B: int, Ks: int, Ke: int):
             "landmarks3d": torch.rand(B, 68, 2) * 120, "shape_w": torch.ones(B), "expr_w": torch.ones(B)}
 
 
+def _shipped_vs_baselines(model, repeats: int, onnx: bool) -> None:
+    """Per-face latency of the shipped network beside same-size baselines, in one run, 1 thread:
+    the same ResNet layout and width without CBAM (what the attention costs), and the MobileNetV2
+    at width 0.5 (about the size of 3DDFA_V2's MobileNet x0.5 peer, 0.85 M parameters)."""
+    from .networks import ResNetCBAM
+    from .weights import load_regressor
+
+    shipped = load_regressor(model=model)
+    cfg = shipped.cfg
+    plain = Regressor(cfg, model.expr_lower, model.expr_upper).eval()
+    plain.backbone = ResNetCBAM(cfg.depth, cfg.width, attention=False).to(memory_format=torch.channels_last).eval()
+    mb = Regressor(RegressorConfig(arch="mobilenet", width=0.5, n_shape=model.n_shape, n_expr=model.n_expr),
+                   model.expr_lower, model.expr_upper).eval()
+    torch.set_num_threads(1)
+    rows = [("shipped " + f"{cfg.arch} w{cfg.width:g} + CBAM", shipped), (f"{cfg.arch} w{cfg.width:g}, no CBAM", plain),
+            ("mobilenet w0.5", mb)]
+    base = None
+    for name, reg in rows:
+        for B in (1, 64):
+            x = torch.randn(B, 3, 120, 120)
+            with torch.no_grad():
+                med, mn, cpu = _time(lambda: reg(x), repeats if B == 1 else max(repeats // 4, 3))
+            r = {"what": "shipped_vs_baseline_torch", "net": name, "params_M": round(reg.n_params / 1e6, 2), "threads": 1,
+                 "batch": B, "ms_per_face_median": round(1e3 * med / B, 3), "ms_per_face_min": round(1e3 * mn / B, 3)}
+            if B == 1:
+                base = r["ms_per_face_min"] if base is None else base
+                r["min_vs_shipped"] = round(r["ms_per_face_min"] / base, 3)
+            _emit(r)
+    if not onnx:
+        return
+    try:
+        from .weights import OnnxRegressor, export_onnx
+    except ImportError:
+        return
+    with tempfile.TemporaryDirectory() as d:
+        for name, reg in rows:
+            p = export_onnx(reg, Path(d) / "m.onnx")
+            o = OnnxRegressor(p, threads=1)
+            crops = np.zeros((1, 120, 120, 3), np.uint8)
+            med, mn, cpu = _time(lambda: o.predict(crops), repeats)
+            _emit({"what": "shipped_vs_baseline_onnx", "net": name, "threads": 1, "batch": 1,
+                   "ms_per_face_median": round(1e3 * med, 3), "ms_per_face_min": round(1e3 * mn, 3)})
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m regressors.bench")
     ap.add_argument("--labels", default=None, help="pseudo-label file for the end-to-end training measurement")
@@ -67,6 +111,7 @@ def main(argv=None):
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-onnx", action="store_true")
     ap.add_argument("--skip-end-to-end", action="store_true")
+    ap.add_argument("--skip-shipped", action="store_true", help="skip the shipped weights vs same-size baselines")
     args = ap.parse_args(argv)
     import cv2
 
@@ -76,6 +121,8 @@ def main(argv=None):
 
     model = load_model()
     Ks, Ke = model.n_shape, model.n_expr
+    if not args.skip_shipped:
+        _shipped_vs_baselines(model, args.repeats, not args.skip_onnx)
     nets = {a: Regressor(RegressorConfig(arch=a, n_shape=Ks, n_expr=Ke), model.expr_lower, model.expr_upper).eval()
             for a in ("mobilenet", "resnet")}
     if not args.skip_forward:

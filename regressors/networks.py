@@ -248,11 +248,13 @@ class ResNetCBAM(nn.Module):
     Args:
         depth: 10, 18 (default) or 34 (blocks per stage (1,1,1,1), (2,2,2,2), (3,4,6,3)).
         width: channel multiplier on (64, 128, 256, 512).
+        attention: CBAM on the last stage (False: the plain ResNet of the same size, the baseline
+            that ``python -m regressors.bench`` times beside it).
     """
 
     LAYOUTS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
-    def __init__(self, depth: int = 18, width: float = 1.0):
+    def __init__(self, depth: int = 18, width: float = 1.0, attention: bool = True):
         super().__init__()
         if depth not in self.LAYOUTS:
             raise ValueError(f"resnet depth must be one of {sorted(self.LAYOUTS)}, got {depth}")
@@ -263,7 +265,7 @@ class ResNetCBAM(nn.Module):
         cin = chans[0]
         for si, (c, n) in enumerate(zip(chans, self.LAYOUTS[depth])):
             for i in range(n):
-                blocks.append(_BasicBlock(cin, c, 2 if (i == 0 and si > 0) else 1, cbam=si == 3))
+                blocks.append(_BasicBlock(cin, c, 2 if (i == 0 and si > 0) else 1, cbam=attention and si == 3))
                 cin = c
         self.blocks = nn.Sequential(*blocks)
         self.out_channels = cin
