@@ -1,6 +1,9 @@
 """``fit`` against hand-made 68-point annotations (``../shared/data/faces68``, 300-W ``.pts``).
 
-``python -m benchmarks.faces68 [--data DIR] [--weights W] [--no-lm] [--one-based] [--json]``
+``python -m benchmarks.faces68 [--data DIR] [--weights W] [--no-lm] [--zero-based] [--json]``
+
+The ``.pts`` points are read as 300-W's MATLAB 1-based pixels and moved by -1 (the faces68 README
+and ``docs/conventions.md``); ``--zero-based`` reads files that are already 0-based.
 
 Each photo goes through the whole pipeline (OpenCV detection, regressor, LM). The face whose
 landmarks overlap the annotation's bounding box most is scored; a photo where no detected face
@@ -36,7 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared/data/faces68"))
     ap.add_argument("--weights", default=None)
     ap.add_argument("--no-lm", action="store_true")
-    ap.add_argument("--one-based", action="store_true", help=".pts points are MATLAB 1-based")
+    ap.add_argument("--zero-based", dest="one_based", action="store_false",
+                    help=".pts points are already 0-based (default: 300-W's MATLAB 1-based, moved by -1)")
+    ap.add_argument("--one-based", dest="one_based", action="store_true", help="the default (kept for old scripts)")
     ap.add_argument("--detector", default="auto", help="auto, mmod, haar or mediapipe (fitting.detect.make_detector)")
     ap.add_argument("--min-face", type=float, default=None, help="smallest face, fraction of the shorter image side")
     ap.add_argument("--json", action="store_true")
