@@ -162,3 +162,22 @@ def test_cli_rejects_bad_sizes():
         B.main(["--sizes", "0,64", "--no-reexec"])
     with pytest.raises(SystemExit):
         B.main(["--sizes", "a", "--no-reexec"])
+
+
+def test_woodbury_prototype_solves_the_same_system():
+    """benchmarks.lm_woodbury's two paths solve A x = g for A = s^2 (G - Jz^T Jz) + c I, checked
+    against a dense solve in float64 on a random basis."""
+    from benchmarks.lm_woodbury import Paths, _faces
+
+    g = torch.Generator().manual_seed(3)
+    Bc = torch.randn(12, 3, 9, generator=g, dtype=torch.float64)
+    p = Paths(Bc)
+    _, s, c, rhs = (t.double() for t in _faces(5, 9, seed=1))
+    R = rotvec_to_rotmat(torch.randn(5, 3, generator=g, dtype=torch.float64))  # orthonormal in float64
+    r3 = R[:, 2, :]
+    Jz = torch.einsum("na,lak->nlk", r3, Bc)
+    G = torch.einsum("lak,lam->km", Bc, Bc)
+    A = (s ** 2)[:, None, None] * (G - Jz.transpose(1, 2) @ Jz) + c[:, None, None] * torch.eye(9, dtype=torch.float64)
+    x = torch.linalg.solve(A, rhs[..., None]).squeeze(-1)
+    torch.testing.assert_close(p.cholesky(R, s, c, rhs), x, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(p.woodbury(R, s, c, rhs), x, rtol=1e-8, atol=1e-10)
