@@ -116,6 +116,37 @@ register_method("regressor", _fit_crops_method(refine=False))
 register_method("regressor+lm", _fit_crops_method(refine=True))
 
 
+def _onnx_method(refine: bool, quantize: bool) -> Callable[[], Method]:
+    """The ``regressor``/``regressor+lm`` methods with the regressor run by onnxruntime (1 thread),
+    exported from the same weights; ``quantize``: dynamic int8 (:func:`regressors.weights.quantize_onnx`)."""
+
+    def factory() -> Method:
+        import tempfile
+
+        try:
+            from fitting.pipeline import FitConfig, Fitter
+            from regressors.weights import OnnxRegressor, export_onnx
+        except ImportError as e:
+            raise MorphableError(f"ONNX methods need onnxruntime and onnx: pip install -e \".[onnx]\" ({e})") from e
+        fitter = Fitter(FitConfig(weights=os.environ.get("MORPHABLE_WEIGHTS") or None))
+        tmp = Path(tempfile.mkdtemp(prefix="morphable-onnx-"))
+        fitter.regressor = OnnxRegressor(export_onnx(fitter.regressor, tmp / "regressor.onnx"), threads=1, quantize=quantize)
+
+        def run(images: list, boxes: np.ndarray) -> MethodOutput:
+            out = fitter.fit_crops(list(images), boxes, refine=refine)
+            lm = np.concatenate([_to_numpy(out.landmarks)[..., :2], _to_numpy(out.landmarks3d)[..., 2:3]], -1)
+            return MethodOutput(landmarks=lm, rotation=_to_numpy(out.rotation), timings=dict(out.timings))
+
+        return run
+
+    return factory
+
+
+for _refine, _name in ((False, "regressor"), (True, "regressor+lm")):
+    register_method(f"{_name}:onnx", _onnx_method(_refine, quantize=False))
+    register_method(f"{_name}:onnx-int8", _onnx_method(_refine, quantize=True))
+
+
 def _dlib_lm_method() -> Method:
     """``regressor+dlib+lm``: LM against dlib's 68 points (2D sliding jaw), placed on the
     regressor's landmarks (``FitConfig(landmark_source="dlib")``; needs ``pip install -e ".[dlib]"``).

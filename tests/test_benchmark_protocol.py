@@ -350,3 +350,22 @@ def test_missing_pipeline_is_one_clear_error(syn, monkeypatch, capsys):
     assert rc == 2 and stdout == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "fitting.pipeline.fit_crops" in lines[0] and "--predictions" in lines[0]
+
+
+def test_onnx_methods_match_torch_on_real_images(tmp_path, capsys):
+    """regressor:onnx and regressor:onnx-int8 run the shipped weights through onnxruntime: float
+    ONNX gives the torch method's per-image NME to 0.001 points, int8 within 0.5 points."""
+    pytest.importorskip("onnxruntime")
+    d = need_shared("data/aflw2000-3d-dev")
+    from regressors.weights import DEFAULT_WEIGHTS
+
+    if not Path(DEFAULT_WEIGHTS).is_file():
+        pytest.skip("no shipped weights")
+    res = {}
+    for m in ("regressor", "regressor:onnx", "regressor:onnx-int8"):
+        out = tmp_path / f"{m}.json"
+        rc, _, err = _run(["--data", str(d), "--limit", "3", "--method", m, "--batch-size", "3", "--out", str(out)], capsys)
+        assert rc == 0, err
+        res[m] = np.array([x["nme_2d"] for x in json.loads(out.read_text())["per_image"]])
+    np.testing.assert_allclose(res["regressor:onnx"], res["regressor"], atol=1e-3)
+    assert np.abs(res["regressor:onnx-int8"] - res["regressor"]).max() < 0.5  # NME points
