@@ -27,6 +27,11 @@ Frames
   up in the image) and a positive roll moves the top of the head toward image-right. Checked
   against AFLW2000-3D's ``Pose_Para`` + ``pt3d_68`` in ``tests/test_geometry.py``.
 
+* **Model frames**: a model's vertices may be stored turned from its file's axes,
+  ``x_model = F @ x_file`` (``ModelInfo.frame_rotation``). A pose ``R`` fitted in frame ``F_src``
+  moves to frame ``F_dst`` as ``R' = R @ frame_change(F_src, F_dst)`` (``= R @ F_src @ F_dst^T``),
+  so that every vertex projects to the same pixel.
+
 All functions are batched (leading dims ``...``) and run on the device/dtype of their inputs.
 """
 from __future__ import annotations
@@ -41,6 +46,8 @@ __all__ = [
     "project",
     "skew",
     "PROJECTION",
+    "as_rotation_matrix",
+    "frame_change",
 ]
 
 #: The 2x3 matrix P of the weak-perspective model: drops z, flips y (model y up -> image y down).
@@ -176,3 +183,25 @@ def project(points: torch.Tensor, R: torch.Tensor, scale: torch.Tensor, translat
 def depth(points: torch.Tensor, R: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Depth (B, N) of model points toward the camera, pixels: ``s * (R @ X)_z``, larger = nearer."""
     return scale[..., None] * (points @ R[..., 2, :, None]).squeeze(-1)
+
+
+def as_rotation_matrix(value, tol: float = 1e-5):
+    """``value`` as a (3, 3) float64 numpy rotation matrix (finite, orthonormal to ``tol``,
+    determinant +1), or ``ValueError`` saying which of these fails. Used to check stored frames."""
+    import numpy as np
+
+    F = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
+    if F.shape != (3, 3):
+        raise ValueError(f"not a 3x3 rotation matrix: shape {F.shape}")
+    if not np.isfinite(F).all():
+        raise ValueError("not a 3x3 rotation matrix: it holds NaN or inf")
+    if np.abs(F @ F.T - np.eye(3)).max() > tol or np.linalg.det(F) < 0:
+        raise ValueError("not a 3x3 rotation matrix: not orthonormal with determinant +1")
+    return F
+
+
+def frame_change(src, dst):
+    """(3, 3) float64 numpy matrix ``C = F_src @ F_dst^T`` that re-expresses a model-frame
+    rotation: ``R_dst = R_src @ C`` gives ``R_dst @ x_dst == R_src @ x_src`` for every vertex
+    (``x = F @ x_file``). ``src``/``dst``: (3, 3) ``ModelInfo.frame_rotation`` values."""
+    return as_rotation_matrix(src) @ as_rotation_matrix(dst).T

@@ -53,7 +53,7 @@ import torch
 from torch.utils.data import Dataset
 
 from morphable.crop import CROP_SIZE, CropBox, box_from_landmarks, camera_to_crop, crop_image, to_crop
-from morphable.geometry import angles_to_rotmat, rotmat_to_rotvec, rotvec_to_rotmat
+from morphable.geometry import angles_to_rotmat, as_rotation_matrix, rotmat_to_rotvec, rotvec_to_rotmat
 from morphable.landmark_definition import IBUG68_MIRROR
 
 from .networks import PIXEL_MEAN, PIXEL_SCALE
@@ -169,9 +169,10 @@ def load_labels(path) -> dict:
     d["landmark_ids"] = tuple(int(i) for i in d["landmark_ids"]) if "landmark_ids" in d else None
     # the model frame of rotvec (files without it: the model file's own frame, identity); a tuple so
     # that select_labels does not slice it by rows
-    fr = np.asarray(d["frame_rotation"], dtype=np.float64) if "frame_rotation" in d else np.eye(3)
-    if fr.shape != (3, 3) or not np.isfinite(fr).all() or np.abs(fr @ fr.T - np.eye(3)).max() > 1e-5:
-        raise ValueError(f"{path}: frame_rotation is not a 3x3 rotation")
+    try:
+        fr = as_rotation_matrix(d.get("frame_rotation", np.eye(3)))
+    except ValueError as e:
+        raise ValueError(f"{path}: frame_rotation is {e}; re-create the labels with regressors.pseudolabels") from None
     d["frame_rotation"] = tuple(tuple(float(v) for v in row) for row in fr)
     return d
 
@@ -180,11 +181,10 @@ def to_frame(labels: dict, frame) -> dict:
     """``labels`` with ``rotvec`` re-expressed in the model frame ``frame`` ((3, 3), a
     ``ModelInfo.frame_rotation``): ``R' = R @ F_labels @ F^T``, so that ``R' @ x_model`` equals
     ``R @ x_labels_model`` for every vertex. Projections, shape and expression are unchanged."""
-    from morphable.geometry import rotmat_to_rotvec, rotvec_to_rotmat
+    from morphable.geometry import frame_change
 
-    Fl = np.asarray(labels.get("frame_rotation", np.eye(3)), dtype=np.float64)
-    F = np.asarray(frame, dtype=np.float64)
-    C = Fl @ F.T
+    F = as_rotation_matrix(frame)
+    C = frame_change(labels.get("frame_rotation", np.eye(3)), F)
     out = dict(labels)
     out["frame_rotation"] = tuple(tuple(float(v) for v in row) for row in F)
     if np.abs(C - np.eye(3)).max() < 1e-9 or not len(labels["rotvec"]):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from morphable.crop import CROP_SIZE
-from morphable.geometry import project, rotmat_to_rotvec
+from morphable.geometry import as_rotation_matrix, frame_change, project, rotmat_to_rotvec
 
 __all__ = [
     "RegressorConfig",
@@ -369,7 +369,7 @@ class Regressor(nn.Module):
         #: (3, 3) model frame (``ModelInfo.frame_rotation``) of the rotation head's raw output: the
         #: frame of the labels it was trained on (saved in weight files as ``frame_rotation``)
         self.raw_frame = np.eye(3)
-        # R_out = R_raw @ frame_correction^T re-expresses the head's rotation in the frame of the
+        # R_out = R_raw @ frame_correction (morphable.geometry.frame_change) re-expresses the head's rotation in the frame of the
         # model the weights were loaded for (not in state_dict: set by set_frame / load_regressor)
         self.register_buffer("frame_correction", torch.eye(3), persistent=False)
         if stats is not None:
@@ -378,10 +378,10 @@ class Regressor(nn.Module):
     def set_frame(self, raw_frame, model_frame=None) -> None:
         """Declare the frame of the raw rotation output and, optionally, the model frame to output in
         (both (3, 3) rotations, ``ModelInfo.frame_rotation``; ``None``: the raw frame)."""
-        Fr = np.asarray(raw_frame, dtype=np.float64).reshape(3, 3)
-        Fm = Fr if model_frame is None else np.asarray(model_frame, dtype=np.float64).reshape(3, 3)
+        Fr = as_rotation_matrix(raw_frame)
+        Fm = Fr if model_frame is None else as_rotation_matrix(model_frame)
         self.raw_frame = Fr
-        C = torch.as_tensor(Fm @ Fr.T, dtype=self.frame_correction.dtype, device=self.frame_correction.device)
+        C = torch.as_tensor(frame_change(Fr, Fm), dtype=self.frame_correction.dtype, device=self.frame_correction.device)
         self.frame_correction.copy_(C)
 
     def set_stats(self, stats: dict):
@@ -409,7 +409,7 @@ class Regressor(nn.Module):
         e = d("expr")
         lo0, span = torch.where(bounded, lo, torch.zeros_like(lo)), torch.where(bounded, hi - lo, torch.ones_like(hi))
         expr = torch.where(bounded, lo0 + span * torch.sigmoid(e), e)
-        R = sixd_to_rotmat(d("rot6d")) @ self.frame_correction.transpose(0, 1)
+        R = sixd_to_rotmat(d("rot6d")) @ self.frame_correction
         return RegressorOutput(
             shape=d("shape"),
             expr=expr,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from morphable.errors import InputError, WeightsError
+from morphable.geometry import as_rotation_matrix
 
 from .networks import ARCHS, PIXEL_MEAN, PIXEL_SCALE, Regressor, RegressorConfig, RegressorOutput, _ExportWrapper
 
@@ -117,11 +118,11 @@ def load_regressor(path=None, model=None, device="cpu", arch: Optional[str] = No
             raise WeightsError(f"{path}: landmark_ids reach vertex {int(ids.max())} but the model {model.name} has "
                                f"{model.n_vertices} vertices; use weights trained for this model")
         reg.landmark_ids = ids.long()
-    raw = torch.as_tensor(d.get("frame_rotation", torch.eye(3, dtype=torch.float64))).double()
-    if raw.shape != (3, 3) or not bool(torch.isfinite(raw).all()) or float((raw @ raw.T - torch.eye(3, dtype=raw.dtype)).abs().max()) > 1e-5:
-        raise WeightsError(f"{path}: frame_rotation must be a 3x3 rotation matrix, got shape {tuple(raw.shape)}")
-    # files without it were trained in the model file's own frame (identity)
-    reg.set_frame(raw.numpy(), getattr(getattr(model, "info", None), "frame_rotation", None))
+    try:  # files without it were trained in the model file's own frame (identity)
+        raw = as_rotation_matrix(d.get("frame_rotation", torch.eye(3, dtype=torch.float64)))
+    except ValueError as e:
+        raise WeightsError(f"{path}: frame_rotation is {e}; re-save the weights with regressors.weights.save_regressor") from None
+    reg.set_frame(raw, getattr(getattr(model, "info", None), "frame_rotation", None))
     for k, v in reg.state_dict().items():  # the zip format has no checksum: a flipped bit can make NaN/inf
         if v.is_floating_point() and bool(torch.isnan(v).any() if k in ("expr_lower", "expr_upper") else ~torch.isfinite(v).all()):
             raise WeightsError(f"{path}: {k} holds NaN or inf values: the file is corrupt; download or copy it again")

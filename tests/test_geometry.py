@@ -87,3 +87,30 @@ def test_yaw_sign_moves_nose_image_left():
     R = angles_to_rotmat(torch.tensor([[0.0, math.radians(30), 0.0]], dtype=torch.float64))
     x = project(nose, R, torch.ones(1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64))
     assert x[0, 0, 0] < 0
+
+
+def test_frame_change_keeps_every_projection():
+    """R_dst = R_src @ frame_change(F_src, F_dst) maps x_dst = F_dst @ x_file where R_src maps
+    x_src = F_src @ x_file; and turning by Rx(a) then back by Rx(b) is Rx(a - b)."""
+    from morphable.geometry import frame_change
+
+    g = torch.Generator().manual_seed(3)
+    F_src = rotvec_to_rotmat(torch.randn(3, generator=g, dtype=torch.float64) * 0.3).numpy()
+    F_dst = rotvec_to_rotmat(torch.randn(3, generator=g, dtype=torch.float64) * 0.3).numpy()
+    R_src = rotvec_to_rotmat(torch.randn(5, 3, generator=g, dtype=torch.float64)).numpy()
+    x_file = np.random.default_rng(0).normal(size=(3, 40))
+    R_dst = R_src @ frame_change(F_src, F_dst)
+    np.testing.assert_allclose(R_dst @ (F_dst @ x_file), R_src @ (F_src @ x_file), atol=1e-12)
+    a, b = np.radians([-4.95, 7.0])
+    Rx = lambda t: angles_to_rotmat(torch.tensor([t, 0.0, 0.0], dtype=torch.float64)).numpy()  # noqa: E731
+    np.testing.assert_allclose(frame_change(Rx(a), Rx(b)), Rx(a - b), atol=1e-12)
+
+
+@pytest.mark.parametrize("bad, why", [(np.eye(2), "shape"), (np.diag([1.0, 1.0, -1.0]), "determinant"),
+                                      (np.full((3, 3), np.nan), "NaN"), (2 * np.eye(3), "orthonormal")])
+def test_as_rotation_matrix_names_the_problem(bad, why):
+    from morphable.geometry import as_rotation_matrix
+
+    with pytest.raises(ValueError, match=why):
+        as_rotation_matrix(bad)
+    np.testing.assert_array_equal(as_rotation_matrix(torch.eye(3)), np.eye(3))

@@ -52,10 +52,12 @@ def save_native(model: MorphableModel, path: str | os.PathLike) -> Path:
 
 def _frame(v, path) -> list:
     """A (3, 3) rotation from a JSON attribute, or ModelFormatError."""
-    F = np.asarray(v, dtype=np.float64)
-    if F.shape != (3, 3) or not np.isfinite(F).all() or np.abs(F @ F.T - np.eye(3)).max() > 1e-6 or np.linalg.det(F) < 0:
-        raise ModelFormatError(f"{path}: frame_rotation is not a 3x3 rotation; re-create it with `morphable convert`")
-    return F.tolist()
+    from ..geometry import as_rotation_matrix
+
+    try:
+        return as_rotation_matrix(v, tol=1e-6).tolist()
+    except ValueError as e:
+        raise ModelFormatError(f"{path}: frame_rotation is {e}; re-create it with `morphable convert`") from None
 
 
 def load_native(path: str | os.PathLike) -> MorphableModel:
