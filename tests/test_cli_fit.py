@@ -12,21 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fitting.pipeline import FaceFit
 from morphable.cli import main
-
-
-@dataclass
-class FakeFit:
-    vertices_img: np.ndarray
-    triangles: np.ndarray
-    landmarks: np.ndarray
-    rotation: np.ndarray
-    angles_deg: np.ndarray
-    scale: float
-    translation: np.ndarray
-    rmse: float
-    converged: bool
-    box: np.ndarray
 
 
 def _mean_face_fit(model, image, shift=0.0):
@@ -37,7 +24,7 @@ def _mean_face_fit(model, image, shift=0.0):
     t = np.array([W / 2 - s * c[0] + shift, H / 2 + s * c[1]])
     V = np.c_[s * X[:, 0] + t[0], -s * X[:, 1] + t[1], s * X[:, 2]]
     lm = V[model.landmarks.numpy(), :2]
-    return FakeFit(V, model.triangles.numpy(), lm, np.eye(3), np.zeros(3), s, t, 0.5, True,
+    return FaceFit(V, model.triangles.numpy(), lm, np.eye(3), np.zeros(3), s, t, 0.5, True,
                    np.r_[lm.min(0), lm.max(0)])
 
 
