@@ -276,6 +276,7 @@ def evaluate(dataset: P.Dataset, pred: Predictions) -> tuple[dict, P.Scores]:
         "data": str(dataset.root),
         "nme_2d": s.summary_2d.to_json(),
         "nme_3d": s.summary_3d.to_json() if s.summary_3d is not None else None,
+        "nme_2d_by_region": {k: v.to_json() for k, v in s.regions_2d.items()},
         "pose_mae": s.pose.to_json() if s.pose is not None else None,
         "protocol": P.PROTOCOL,
         "crop_box": "morphable.crop.box_from_landmarks(GT x,y), unclipped",

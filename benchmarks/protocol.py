@@ -55,6 +55,8 @@ __all__ = [
     "yaw_bin",
     "nme_2d",
     "nme_3d",
+    "REGIONS",
+    "nme_2d_by_region",
     "bin_means",
     "geodesic_deg",
     "pose_mae",
@@ -70,6 +72,13 @@ YAW_BINS: tuple[str, str, str] = ("0-30", "30-60", "60-90")
 POSE_LIMIT_DEG = 99.0
 #: Landmarks per face.
 N_POINTS = 68
+
+#: iBUG-68 regions (0-based point ids) for the error breakdown; the 68-point NME is their
+#: point-count-weighted mean.
+REGIONS: dict[str, tuple[int, ...]] = {
+    "jaw": tuple(range(0, 17)), "brows": tuple(range(17, 27)), "nose": tuple(range(27, 36)),
+    "eyes": tuple(range(36, 48)), "mouth": tuple(range(48, 68)),
+}
 
 #: One paragraph that states the protocol; printed with every table and stored in the JSON.
 PROTOCOL = (
@@ -279,6 +288,15 @@ def nme_3d(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.linalg.norm(p - g, axis=-1).mean(-1) / _norm(g[..., :2]) * 100.0
 
 
+def nme_2d_by_region(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image 2D NME (percent) of each :data:`REGIONS` entry, same normalisation as
+    :func:`nme_2d` (the whole face's GT bbox): ``{region: (N,)}``. Diagnostic only, not a
+    published metric; ``sum_r len(REGIONS[r]) * nme_r / 68 == nme_2d``."""
+    p, g = np.asarray(pred, np.float64)[..., :2], np.asarray(gt, np.float64)[..., :2]
+    e = np.linalg.norm(p - g, axis=-1) / _norm(g)[:, None] * 100.0
+    return {k: e[:, list(ids)].mean(-1) for k, ids in REGIONS.items()}
+
+
 @dataclass
 class BinnedNME:
     """NME (percent) summarised by |yaw| bin.
@@ -433,6 +451,7 @@ class Scores:
         pose: :class:`PoseMAE` or None when no rotations were given.
         pose_err: (N, 3) signed angle error (predicted - GT) [pitch, yaw, roll] degrees, or None.
         geodesic: (N,) geodesic error degrees, or None.
+        regions_2d: region name -> :class:`BinnedNME` of :func:`nme_2d_by_region` (diagnostic).
     """
 
     names: list[str]
@@ -445,6 +464,7 @@ class Scores:
     pose: PoseMAE | None
     pose_err: np.ndarray | None = field(default=None, repr=False)
     geodesic: np.ndarray | None = field(default=None, repr=False)
+    regions_2d: dict[str, BinnedNME] = field(default_factory=dict, repr=False)
 
     def per_image(self) -> list[dict]:
         """One JSON-ready record per image: name, yaw, bin, NMEs, pose errors where known."""
@@ -487,6 +507,7 @@ def score(dataset: Dataset, landmarks: np.ndarray, rotations: np.ndarray | None 
         names=list(dataset.names), bins=bins, yaw_deg=dataset.yaw_deg, nme_2d=e2, nme_3d=e3,
         summary_2d=bin_means(e2, bins), summary_3d=bin_means(e3, bins) if e3 is not None else None,
         pose=pose, pose_err=err, geodesic=geo,
+        regions_2d={k: bin_means(v, bins) for k, v in nme_2d_by_region(lm, dataset.landmarks).items()},
     )
 
 

@@ -104,6 +104,13 @@ def markdown(result: dict) -> str:
     if n3 is not None:
         lines.append(_row([me + ", 3D (z offset removed)", n, *(_f(n3[k]) for k in P.YAW_BINS), _f(n3["mean"]),
                            _f(n3["all"]), "this run"]))
+    reg = result.get("nme_2d_by_region") or {}
+    if reg:
+        lines += ["", "### Where the 2D error is: NME (%) by face region (same normalisation; diagnostic)", "",
+                  _row(["region", "points", "[0,30]", "(30,60]", ">60", "mean (balanced)", "all images"]),
+                  _row(["---"] * 7)]
+        lines += [_row([k, f"{P.REGIONS[k][0]}-{P.REGIONS[k][-1]}", *(_f(v[b]) for b in P.YAW_BINS), _f(v["mean"]),
+                        _f(v["all"])]) for k, v in reg.items() if k in P.REGIONS]
     lines += [
         "",
         "### Head pose MAE (degrees; images with all |angles| <= 99)",

@@ -111,6 +111,22 @@ def test_known_offset_hand_computed():
     assert P.nme_2d(pz, gt)[0] == 0.0
 
 
+def test_region_breakdown_hand_computed():
+    """Only the jaw (17 points) off by 5 px on a 20 px face: jaw 25 %, other regions 0, and the
+    68-point NME is the point-weighted mean 17 * 25 / 68 = 6.25 %."""
+    gt = np.zeros((1, 68, 2))
+    gt[0, :, 0] = np.linspace(0, 40, 68)
+    gt[0, :, 1] = np.linspace(0, 10, 68) ** 2 / 10
+    pred = gt.copy()
+    pred[0, :17] += [3.0, 4.0]
+    r = P.nme_2d_by_region(pred, gt)
+    assert list(r) == ["jaw", "brows", "nose", "eyes", "mouth"]
+    assert sorted(i for ids in P.REGIONS.values() for i in ids) == list(range(68))
+    assert r["jaw"][0] == pytest.approx(25.0, rel=1e-12)
+    assert all(r[k][0] == 0.0 for k in ("brows", "nose", "eyes", "mouth"))
+    assert P.nme_2d(pred, gt)[0] == pytest.approx(6.25, rel=1e-12)
+
+
 def test_yaw_bins_edges_and_balanced_mean():
     yaw = np.array([0.0, 30.0, -30.0, 30.001, 60.0, -60.0, 60.001, 89.0, -95.0, 351.0])
     np.testing.assert_array_equal(P.yaw_bin(yaw), [0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
@@ -219,6 +235,9 @@ def test_cli_predictions_round_trip(syn, syn_ds, tmp_path, capsys):
     assert r["nme_2d"]["all"] == pytest.approx(want.mean(), rel=1e-12)
     assert r["nme_3d"]["all"] == pytest.approx(want.mean(), rel=1e-12)  # z untouched
     assert r["pose_mae"]["n"] == 5 and r["pose_mae"]["mean"] < 1e-9
+    for region in P.REGIONS:  # every point off by the same 5 px: every region equals the 68-point NME
+        assert r["nme_2d_by_region"][region]["all"] == pytest.approx(want.mean(), rel=1e-12)
+    assert "| jaw | 0-16 |" in stdout
     for key in ("method", "protocol", "time_per_face_ms", "per_image"):
         assert key in r
     assert "unclipped" in r["protocol"].lower()

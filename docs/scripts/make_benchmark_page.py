@@ -217,6 +217,16 @@ def section_accuracy(results: list[dict], files: list[Path], plots: Path, page: 
               "ground truth shows here ([Conventions](conventions.md#pose-angles)).", ""]
         L += table(["method", "images", "yaw", "pitch", "roll"], bias)
 
+    reg_rows = [[f"**{label(r)}**", k, *(f(v[b]) for b in ("0-30", "30-60", "60-90")), f(v["mean"])]
+                for r in results for k, v in (r.get("nme_2d_by_region") or {}).items()]
+    if reg_rows:
+        L += ["### Where the error is: 2D NME by face region", "",
+              "Each region's mean point error with the whole face's normalisation (iBUG points: jaw 0-16, "
+              "brows 17-26, nose 27-35, eyes 36-47, mouth 48-67); the 68-point NME is their point-weighted "
+              "mean. The ground truth's jaw is the fitted Basel model's fixed jaw vertices, not the 300-W "
+              "silhouette our landmark definition follows ([Conventions](conventions.md#3d-style-and-2d-contour-landmarks)).", ""]
+        L += table(["method", "region", "[0,30]", "(30,60]", ">60", "mean (balanced)"], reg_rows)
+
     L += ["### NME by 15° of yaw", "",
           "From the per-image records of the JSON: mean, median and 90th percentile of the 2D NME (%).", ""]
     for r in results:
