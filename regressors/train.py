@@ -73,9 +73,9 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
     p = p or argparse.ArgumentParser(prog="python -m regressors.train", description=__doc__.split("\n")[0])
     p.add_argument("--labels", required=True, help="pseudo-label npz (regressors.data.save_labels)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl)")
-    p.add_argument("--arch", choices=ARCHS, default="mobilenet")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
-    p.add_argument("--depth", type=int, default=18, help="resnet depth (10, 18, 34)")
+    p.add_argument("--arch", choices=ARCHS, default="mobilenet", help="network (with --init: the weights' own)")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (with --init: the weights' own)")
+    p.add_argument("--depth", type=int, default=18, help="resnet depth (10, 18, 34; with --init: the weights' own)")
     p.add_argument("--model", default=None, help="morphable model name or path (default: ICT-FaceKit)")
     p.add_argument("--data-root", default=None, help="folder the label names are relative to (default ../shared/data)")
     p.add_argument("--epochs", type=int, default=10)
@@ -243,7 +243,8 @@ def train(args, model=None) -> dict:
             total, budget = int(ck["total_steps"]), 0.0
         _log(log, {"type": "resume", "epoch": epoch, "epoch_step": epoch_step, "step": step})
     else:
-        (out_dir / "args.json").write_text(json.dumps(vars(args), indent=1))
+        # "network": the config actually built (with --init, the weights' own, not --arch/--width/--depth)
+        (out_dir / "args.json").write_text(json.dumps({**vars(args), "network": cfg.to_dict()}, indent=1))
         _log(log, {"type": "start", "n_train": len(tr_idx), "n_extra": plan.n_extra, "n_val": len(va_idx),
                    "steps_per_epoch": steps_per_epoch, "total_steps": total, "params": reg.n_params, "config": cfg.to_dict()})
 

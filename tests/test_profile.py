@@ -265,6 +265,8 @@ def test_cli_labels_roundtrip_deterministic_resumable(tmp_path, ict_model, topo)
         torch.set_num_threads(threads)
     start = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()][0]
     assert start["n_train"] == 3 and start["n_extra"] == 6 and start["steps_per_epoch"] == 3
+    args = json.loads((run / "args.json").read_text())  # records the network actually built
+    assert args["network"]["width"] == 0.25 and args["network"]["arch"] == args["arch"] == "mobilenet"
 
 
 # ----------------------------------------------------------------------------- mixing
