@@ -36,6 +36,7 @@ All functions are batched (leading dims ``...``) and run on the device/dtype of 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -188,8 +189,6 @@ def depth(points: torch.Tensor, R: torch.Tensor, scale: torch.Tensor) -> torch.T
 def as_rotation_matrix(value, tol: float = 1e-5):
     """``value`` as a (3, 3) float64 numpy rotation matrix (finite, orthonormal to ``tol``,
     determinant +1), or ``ValueError`` saying which of these fails. Used to check stored frames."""
-    import numpy as np
-
     F = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
     if F.shape != (3, 3):
         raise ValueError(f"not a 3x3 rotation matrix: shape {F.shape}")

@@ -369,8 +369,9 @@ class Regressor(nn.Module):
         #: (3, 3) model frame (``ModelInfo.frame_rotation``) of the rotation head's raw output: the
         #: frame of the labels it was trained on (saved in weight files as ``frame_rotation``)
         self.raw_frame = np.eye(3)
-        # R_out = R_raw @ frame_correction (morphable.geometry.frame_change) re-expresses the head's rotation in the frame of the
-        # model the weights were loaded for (not in state_dict: set by set_frame / load_regressor)
+        # R_out = R_raw @ frame_correction (morphable.geometry.frame_change) re-expresses the head's
+        # rotation in the frame of the model the weights were loaded for (not in state_dict: set by
+        # set_frame / load_regressor)
         self.register_buffer("frame_correction", torch.eye(3), persistent=False)
         if stats is not None:
             self.set_stats(stats)
