@@ -12,26 +12,33 @@ unit of NME, and the priors do not depend on the image resolution).
 
 The algorithm (one iteration, every face at once, no host synchronisation):
 
-1. residuals r (B, 2L) and the analytic Jacobian J (B, 2L, P) at the current parameters;
-   rotation is updated multiplicatively, ``R <- exp([d]_x) R``, so its Jacobian block is
-   ``-s P [R X]_x``; scale is parametrised by ``log s``.
+1. residuals r (B, 2L) and the analytic Jacobian J (B, 2L, P) at the current parameters, ordered
+   [rotation increment, log s, t, shape, expression]; rotation is updated multiplicatively,
+   ``R <- exp([d]_x) R``, so its Jacobian block is ``-s P [R X]_x``; scale is parametrised by ``log s``.
 2. normal equations ``(J^T W J + D_prior + mu * diag(J^T W J + D_prior)) delta = -g`` solved by a
    batched Cholesky (``cholesky_ex``: a failed factorisation rejects that face's step). When all
    faces share their point weights (l2 loss, fixed landmark vertices; the usual case) the
-   coefficient block of J^T W J is ``(s/f)^2 sum_ij M_ij G_ij`` with ``M = R_0 R_0^T + R_1 R_1^T``
-   and nine K x K Gram blocks ``G_ij = sum_l w_l B_li^T B_lj`` computed once per batch: 9 K^2
-   instead of 2 L K^2 multiply-adds per face. Blendshape bounds: an active set freezes weights
-   at a bound pushing outward; faces whose step still crosses a bound are re-solved with those
-   weights fixed at the bound (only those faces).
+   coefficient columns of J are never formed: J^T W J is ``(s/f)^2 sum_ij M_ij G_ij`` with
+   ``M = R_0^T R_0 + R_1^T R_1`` and nine Gram blocks ``G_ij = sum_l w_l B_li^T B_lj`` computed
+   once per batch (one (B, 9) x (9, P^2) GEMM), plus pose rows from small GEMMs on the (3L, K)
+   landmark basis (:func:`_normal_equations_shared`). Blendshape bounds: an active set freezes
+   weights at a bound pushing outward; weights whose step still crosses a bound are fixed at the
+   bound and the rest re-solved on the trailing (ke x ke) block of the same factor
+   (:func:`_bound_pass`, no second factorisation).
 3. candidate cost; per-face accept/reject and Nielsen's damping update with ``torch.where``.
    Blendshape weights are projected onto their valid range after each step.
 
+Large batches are cut into chunks of ``FitOptions.chunk`` faces (cache-sized) that run on
+``FitOptions.workers`` CPU threads side by side, one intra-op thread each; faces never interact,
+so the result does not depend on the chunking.
 Every ``check_every`` iterations one host sync tests whether all faces converged.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -45,6 +52,8 @@ __all__ = ["FitOptions", "FitParams", "FitResult", "fit_landmarks", "initial_pos
 #: iBUG-68 indices of the jaw outline on the image-left (subject's right) and image-right sides.
 JAW_RIGHT = tuple(range(0, 8))
 JAW_LEFT = tuple(range(9, 17))
+#: Pose parameters at the front of the solver's parameter vector: rotation increment (3), log scale, t (2).
+_NP = 6
 
 
 @dataclass
@@ -65,9 +74,13 @@ class FitOptions:
         n_shape, n_expr: optimise only the first components (None = all).
         initial_damping: mu at the start.
         check_every: iterations between host-side "all converged?" checks (0 = never).
-        chunk: faces per internal chunk. Small chunks keep each chunk's Jacobian, normal matrix and
-            Cholesky factor in cache: 64 was about 2x faster than 1024 per face on a 2-core CPU
+        chunk: faces per internal chunk. Small chunks keep each chunk's normal matrix and Cholesky
+            factor in cache: 64 was about 1.5x faster than 1024 per face on a 2-core CPU
             (``python -m benchmarks.lm_speed``); it also bounds memory for huge batches.
+        workers: CPU threads that fit chunks side by side, each with one intra-op thread
+            (0 = torch's thread budget, ``torch.get_num_threads()``; 1 = the calling thread only).
+            CUDA inputs always use the calling thread. When there are fewer chunks than workers,
+            chunks are split down to 16 faces so that every worker has one.
         bound_second_pass: blendshape weights whose step crosses a bound are fixed at the bound
             and the system is solved again (one more Cholesky per iteration). Blendshape
             bounds are always handled by an active set (weights at a bound with an outward
@@ -88,6 +101,7 @@ class FitOptions:
     initial_damping: float = 1e-3
     check_every: int = 5
     chunk: int = 64
+    workers: int = 0
     bound_second_pass: bool = True
 
 
@@ -246,13 +260,58 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, weights: Optio
         raise InputError(f"robust must be 'l2' or 'huber', got {opt.robust!r}")
     if opt.contour not in ("3d", "2d"):
         raise InputError(f"contour must be '3d' or '2d', got {opt.contour!r}")
-    if opt.chunk < B:
-        parts = []
-        for i in range(0, B, opt.chunk):
-            sl = slice(i, i + opt.chunk)
-            parts.append(_fit(model, landmarks[sl], weights[sl], init.index(sl) if init is not None else None, opt))
-        return FitResult.cat(parts)
-    return _fit(model, landmarks, weights, init, opt)
+    if opt.chunk < 1 or opt.workers < 0:
+        raise InputError(f"chunk must be >= 1 and workers >= 0, got chunk={opt.chunk}, workers={opt.workers}")
+    cpu = landmarks.device.type == "cpu"
+    workers = 1 if not cpu else (opt.workers or torch.get_num_threads())
+    chunk = opt.chunk
+    if workers > 1 and B > 16:
+        chunk = max(min(chunk, -(-B // workers)), 16)
+    slices = [slice(i, i + chunk) for i in range(0, B, chunk)]
+    grad = torch.is_grad_enabled()
+
+    def one(sl: slice) -> FitResult:
+        with torch.set_grad_enabled(grad):
+            if len(slices) == 1:
+                return _fit(model, landmarks, weights, init, opt)
+            return _fit(model, landmarks[sl], weights[sl], init.index(sl) if init is not None else None, opt)
+
+    def in_worker(sl: slice) -> FitResult:
+        torch.set_num_threads(1)  # this pool thread keeps one intra-op thread
+        return one(sl)
+
+    # One intra-op thread per worker on CPU: batched LAPACK calls on small matrices were 10x or more
+    # slower with 2 OpenMP/MKL threads on a 2-core machine (python -m benchmarks.lm_speed).
+    workers = min(workers, len(slices))
+    if workers == 1:
+        with _intra_op_threads(1 if cpu else None):
+            return FitResult.cat([one(sl) for sl in slices]) if len(slices) > 1 else one(slices[0])
+    return FitResult.cat(list(_pool(workers).map(in_worker, slices)))
+
+
+@contextmanager
+def _intra_op_threads(n: Optional[int]):
+    """Run the block with ``torch.set_num_threads(n)`` in this thread (None: unchanged), then restore."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(old)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads (each task sets one intra-op torch thread for itself)."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="fit_landmarks")
+        return _POOLS[workers]
 
 
 def _real_tensor(a, name: str) -> torch.Tensor:
@@ -287,10 +346,10 @@ class _Problem:
         self.lo = model.expr_lower.to(dev, dt)
         self.hi = model.expr_upper.to(dev, dt)
         self.expr_pca = model.info.expr_kind == "pca"
-        self.prior = torch.cat([torch.full((self.ks,), opt.shape_prior, dtype=dt, device=dev),
-                                torch.full((self.ke,), opt.expr_prior, dtype=dt, device=dev),
-                                torch.zeros(6, dtype=dt, device=dev)])
-        self.P = self.ks + self.ke + 6
+        self.prior = torch.cat([torch.zeros(_NP, dtype=dt, device=dev),
+                                torch.full((self.ks,), opt.shape_prior, dtype=dt, device=dev),
+                                torch.full((self.ke,), opt.expr_prior, dtype=dt, device=dev)])
+        self.P = _NP + self.ks + self.ke
         # invalid points -> weight 0; face size f (px) from the valid points' bbox
         finite = torch.isfinite(y).all(-1)
         self.w = torch.where(finite, w, torch.zeros_like(w))
@@ -324,17 +383,21 @@ class _Problem:
             self.cand_l = model.contour_left.to(dev)
 
     def shared_gram(self, opt: FitOptions):
-        """Weighted Gram blocks of the landmark basis, (3, 3, K, K) with [i, j] = sum_l w_l B_li^T B_lj,
-        when every face of the batch has the same point weights and the IRLS weights stay fixed
-        (l2 loss, model landmarks); else None. Then J^T W J's coefficient block of a face is
-        (s/f)^2 sum_ij M_ij G_ij with M = R_0 R_0^T + R_1 R_1^T (the projected rows of R):
-        9 K^2 multiply-adds instead of 2 L K^2."""
+        """Weighted Gram blocks of the landmark basis, (9, P * P): row 3 i + j holds
+        sum_l w_l B_li^T B_lj in the coefficient block of a P x P matrix (zeros in the pose rows and
+        columns), when every face of the batch has the same point weights and the IRLS weights stay
+        fixed (l2 loss, model landmarks); else None. Then J^T W J's coefficient block of a face is
+        (s/f)^2 sum_ij M_ij G_ij with M = R_0^T R_0 + R_1^T R_1 (the projected rows of R): one GEMM
+        (B, 9) x (9, P * P) that writes the normal matrix contiguously, 9 P^2 multiply-adds per face
+        instead of 2 L K^2."""
         K = self.ks + self.ke
         if K == 0 or self.contour or opt.robust != "l2" or not bool((self.w == self.w[:1]).all()):
             return None
         Bc = self.lm_basis  # (L, 3, K)
         wB = Bc * self.w[0][:, None, None]
-        return torch.einsum("lik,ljm->ijkm", wB, Bc).contiguous()
+        G = torch.zeros(3, 3, self.P, self.P, dtype=Bc.dtype, device=Bc.device)
+        G[:, :, _NP:, _NP:] = torch.einsum("lik,ljm->ijkm", wB, Bc)
+        return G.view(9, self.P * self.P)
 
     def basis(self, vid):
         """Basis rows of the optimised components (K = ks + ke) at the landmark vertices: shared
@@ -368,16 +431,35 @@ def _residual(X, R, s, t, prob: _Problem, opt: FitOptions):
 
 def _cost(r, w, coef, prob: _Problem):
     data = (w * (r * r).sum(-1)).sum(-1)
-    return data + (prob.prior[: coef.shape[1]] * coef * coef).sum(-1)
+    return data + (prob.prior[_NP:] * coef * coef).sum(-1)
+
+
+def _pose_jacobian(prob: _Problem, X, x, R, s, t, out: torch.Tensor) -> None:
+    """Write the pose columns [rotation increment d (R <- exp([d]_x) R), log s, t] of the Jacobian
+    into ``out`` (B, 2, L, >= 6): rows [u of the L points; v of the L points], percent of face size."""
+    Y = X @ R.transpose(1, 2)  # (B, L, 3) rotated points
+    # d x / d rot = s P (-[Y]_x):  row u: s*(0, Yz, -Yy); row v: -s*(-Yz, 0, Yx)
+    Yx, Yy, Yz = Y.unbind(-1)
+    sf2 = (s / prob.f)[:, None]
+    out[:, 0, :, 0] = 0.0
+    out[:, 0, :, 1] = Yz * sf2
+    out[:, 0, :, 2] = -Yy * sf2
+    out[:, 1, :, 0] = Yz * sf2
+    out[:, 1, :, 1] = 0.0
+    out[:, 1, :, 2] = -Yx * sf2
+    out[:, :, :, 3] = ((x - t[:, None, :]) / prob.f[:, None, None]).transpose(1, 2)
+    out[:, :, :, 4:6] = 0.0
+    out[:, 0, :, 4] = (1.0 / prob.f)[:, None]
+    out[:, 1, :, 5] = (1.0 / prob.f)[:, None]
 
 
 def _jacobian(prob: _Problem, X, x, R, s, t, vid):
     """Jacobian (B, 2L, P) of the residuals (percent of face size; rows: all u, then all v) with respect to
-    [shape[:ks], expr[:ke], rotation increment d (R <- exp([d]_x) R), log s, t]."""
+    [rotation increment d (R <- exp([d]_x) R), log s, t, shape[:ks], expr[:ke]]: the pose first and the
+    blendshape block last, so that the bound handling can work on the trailing block of the Cholesky factor."""
     B, L, dt, dev = X.shape[0], prob.L, X.dtype, X.device
     K = prob.ks + prob.ke
-    Y = X @ R.transpose(1, 2)  # (B, L, 3) rotated points
-    # rows ordered [u of the L points; v of the L points]: (B, 2, L, P), contiguous blocks
+    # (B, 2, L, P), contiguous blocks
     J = torch.empty(B, 2, L, prob.P, dtype=dt, device=dev)
     sf = (s / prob.f)[:, None, None]
     if K:
@@ -386,23 +468,74 @@ def _jacobian(prob: _Problem, X, x, R, s, t, vid):
             RB = (R[:, :2, :] @ Bc.permute(1, 0, 2).reshape(3, L * K)).view(B, 2, L, K)
         else:
             RB = torch.einsum("bij,bljk->bilk", R[:, :2, :], Bc)
-        torch.mul(RB[:, 0], sf, out=J[:, 0, :, :K])
-        torch.mul(RB[:, 1], -sf, out=J[:, 1, :, :K])
-    # d x / d rot = s P (-[Y]_x):  row u: s*(0, Yz, -Yy); row v: -s*(-Yz, 0, Yx)
-    Yx, Yy, Yz = Y.unbind(-1)
-    sf2 = (s / prob.f)[:, None]
-    J[:, 0, :, K] = 0.0
-    J[:, 0, :, K + 1] = Yz * sf2
-    J[:, 0, :, K + 2] = -Yy * sf2
-    J[:, 1, :, K] = Yz * sf2
-    J[:, 1, :, K + 1] = 0.0
-    J[:, 1, :, K + 2] = -Yx * sf2
-    J[:, :, :, K + 3] = ((x - t[:, None, :]) / prob.f[:, None, None]).transpose(1, 2)
-    J[:, :, :, K + 4:] = 0.0
-    J[:, 0, :, K + 4] = (1.0 / prob.f)[:, None]
-    J[:, 1, :, K + 5] = (1.0 / prob.f)[:, None]
-    J = J.view(B, 2 * L, prob.P)
-    return J
+        torch.mul(RB[:, 0], sf, out=J[:, 0, :, _NP:])
+        torch.mul(RB[:, 1], -sf, out=J[:, 1, :, _NP:])
+    _pose_jacobian(prob, X, x, R, s, t, J)
+    return J.view(B, 2 * L, prob.P)
+
+
+def _normal_equations_shared(prob: _Problem, gram, X, x, R, s, t, r, w):
+    """``J^T W J`` (B, P, P) and ``J^T W r`` (B, P) without forming the coefficient columns of J
+    (shared point weights ``w``, fixed landmark vertices): with c = s / f, D = diag(1, -1) and R2 the
+    first two rows of R, a point's coefficient rows are c D R2 B_l (B_l the (3, K) basis rows), so
+
+    * coefficient block: c^2 sum_ij M_ij G_ij, M = R2^T R2 (``gram``: one (B, 9) x (9, P^2) GEMM);
+    * pose-coefficient block: sum_l Q_l B_l with Q_l = w_l c Jp_l^T D R2 (6 x 3): a (6B, 3L) x (3L, K) GEMM;
+    * gradient: c sum_l B_l^T R2^T D (w_l r_l): a (B, 3L) x (3L, K) GEMM.
+
+    Args: ``r`` (B, L, 2) residuals and ``w`` (B, L) weights as returned by :func:`_residual`."""
+    B, L, dt, dev = X.shape[0], prob.L, X.dtype, X.device
+    c = s / prob.f
+    R2 = R[:, :2, :]
+    M = (R2.transpose(1, 2) @ R2) * (c * c)[:, None, None]  # (B, 3, 3)
+    H = (M.reshape(B, 9) @ gram).view(B, prob.P, prob.P)
+    Jp = torch.empty(B, 2, L, _NP, dtype=dt, device=dev)
+    _pose_jacobian(prob, X, x, R, s, t, Jp)
+    wJp = Jp * w[:, None, :, None]
+    H[:, :_NP, :_NP] = Jp.view(B, 2 * L, _NP).transpose(1, 2) @ wJp.view(B, 2 * L, _NP)
+    Bf = prob.lm_basis.reshape(L * 3, -1)  # (3L, K)
+    sign = torch.tensor([1.0, -1.0], dtype=dt, device=dev)
+    cR2 = (R2 * sign[:, None]) * c[:, None, None]  # c D R2 (B, 2, 3)
+    Q = torch.einsum("bali,baj->blij", wJp, cR2)  # (B, L, 6, 3)
+    Hpc = (Q.permute(0, 2, 1, 3).reshape(B * _NP, 3 * L) @ Bf).view(B, _NP, -1)
+    H[:, :_NP, _NP:] = Hpc
+    H[:, _NP:, :_NP] = Hpc.transpose(1, 2)
+    wr = r * w[..., None]  # (B, L, 2)
+    gp = wJp.view(B, 2 * L, _NP).transpose(1, 2) @ r.transpose(1, 2).reshape(B, 2 * L, 1)
+    v = wr @ cR2  # (B, L, 3) = c R2^T D (w r) per point
+    gc = v.reshape(B, 3 * L) @ Bf
+    return H, torch.cat([gp.squeeze(-1), gc], 1)
+
+
+def _bound_pass(Lc: torch.Tensor, z: torch.Tensor, e: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Second pass for bounded (blendshape) weights, the trailing ke parameters, on the existing factor.
+
+    With ``A = L L^T`` (``Lc``, (B, P, P) lower) and ``z = L^-1 (-g)`` ((B, P, 1)), the Newton step
+    ``delta = L^-T z`` restricted to the trailing block minimises ``1/2 d^T S d - (L_ee z_e)^T d``
+    with ``S = L_ee L_ee^T`` (the Schur complement of that block); its unconstrained minimiser is
+    ``L_ee^-T z_e``. Weights ``e`` (B, ke) whose step crosses ``[lo, hi]`` are fixed AT the bound and
+    the others re-solved on this (ke x ke) system; the returned ``z' = [z_o; L_ee^T d_e]`` gives the
+    full step by the usual back-substitution ``L^T delta = z'`` (the leading rows then solve
+    ``A_oo d_o = -g_o - A_oe d_e`` exactly). Faces without a crossing get ``z`` unchanged. No second
+    factorisation of A: one (ke x ke) Cholesky instead of a (P x P) one.
+    """
+    ke = e.shape[1]
+    o = Lc.shape[1] - ke
+    Lee = Lc[:, o:, o:]
+    ze = z[:, o:]
+    de = torch.linalg.solve_triangular(Lee.transpose(1, 2), ze, upper=True).squeeze(-1)
+    tgt = torch.maximum(torch.minimum(e + de, hi), lo)
+    cross = tgt != e + de
+    S = Lee @ Lee.transpose(1, 2)
+    c = torch.where(cross, tgt - e, torch.zeros_like(tgt))
+    rhs = torch.where(cross, c, (Lee @ ze - S @ c[..., None]).squeeze(-1))
+    _mask_block(S, (~cross).to(Lc.dtype), 0, ke)  # fixed weights: identity rows/columns
+    L2, info2 = torch.linalg.cholesky_ex(S)
+    z2 = torch.linalg.solve_triangular(L2, rhs[..., None], upper=False)
+    d_e = torch.linalg.solve_triangular(L2.transpose(1, 2), z2, upper=True).squeeze(-1)
+    d_e = torch.where(cross, c, d_e)  # exactly at the bound
+    use = (cross.any(-1) & (info2 == 0))[:, None, None]
+    return torch.where(use, torch.cat([z[:, :o], Lee.transpose(1, 2) @ d_e[..., None]], 1), z)
 
 
 def _mask_block(H: torch.Tensor, keep: torch.Tensor, a: int, b: int) -> None:
@@ -452,37 +585,29 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
 
     bounded = (not prob.expr_pca) and ke > 0
     gram = prob.shared_gram(opt)
+    o = _NP + ks  # the blendshape block is the trailing (ke, ke) block of the normal matrix
     for it in range(opt.max_iterations):
         s = logs.exp()
-        J = _jacobian(prob, X, x, R, s, t, vid)
-        sw = wr.sqrt().repeat(1, 2)[..., None]  # (B, 2L, 1) in the Jacobian's row order (u..., v...)
-        Jw = J.mul_(sw)  # sqrt(W) J, in place (J is a fresh tensor)
-        if gram is None:
-            H = Jw.transpose(1, 2) @ Jw  # (B, P, P) = J^T W J
-        else:  # coefficient block from the shared Gram blocks, the rest from J
-            K = ks + ke
-            H = torch.empty(B, prob.P, prob.P, dtype=dt, device=dev)
-            R2 = R[:, :2, :]
-            M = (R2.transpose(1, 2) @ R2) * ((s / prob.f) ** 2)[:, None, None]  # (B, 3, 3)
-            H[:, :K, :K] = (M.reshape(B, 9) @ gram.view(9, K * K)).view(B, K, K)
-            Jp = Jw[:, :, K:]
-            Hcp = Jw[:, :, :K].transpose(1, 2) @ Jp  # (B, K, 6)
-            H[:, :K, K:] = Hcp
-            H[:, K:, :K] = Hcp.transpose(1, 2)
-            H[:, K:, K:] = Jp.transpose(1, 2) @ Jp
         coef = coef_vec(shape, expr)
-        g = (Jw.transpose(1, 2) @ (sw * r.transpose(1, 2).reshape(B, 2 * L, 1))).squeeze(-1)  # (B, P) = J^T W r
-        g = g + torch.cat([prob.prior[: ks + ke] * coef, torch.zeros(B, 6, dtype=dt, device=dev)], 1)
+        if gram is None:
+            J = _jacobian(prob, X, x, R, s, t, vid)
+            sw = wr.sqrt().repeat(1, 2)[..., None]  # (B, 2L, 1) in the Jacobian's row order (u..., v...)
+            Jw = J.mul_(sw)  # sqrt(W) J, in place (J is a fresh tensor)
+            H = Jw.transpose(1, 2) @ Jw  # (B, P, P) = J^T W J
+            g = (Jw.transpose(1, 2) @ (sw * r.transpose(1, 2).reshape(B, 2 * L, 1))).squeeze(-1)  # (B, P) = J^T W r
+        else:  # shared point weights: from the Gram blocks, without the coefficient columns of J
+            H, g = _normal_equations_shared(prob, gram, X, x, R, s, t, r, wr)
+        g[:, _NP:] += prob.prior[_NP:] * coef
         Hd = H.diagonal(dim1=1, dim2=2)
         Hd += prob.prior  # H is now J^T W J + D_prior (in place: H is a fresh tensor)
         if bounded:
             # active set: blendshape weights at a bound whose gradient points outward are frozen
             e_ = expr[:, :ke]
-            ge = g[:, ks:ks + ke]
+            ge = g[:, o:]
             act_e = ((e_ <= prob.lo[:ke] + 1e-6) & (ge > 0)) | ((e_ >= prob.hi[:ke] - 1e-6) & (ge < 0))
             fe = (~act_e).to(dt)
-            _mask_block(H, fe, ks, ks + ke)  # frozen rows/columns -> identity
-            g[:, ks:ks + ke] *= fe
+            _mask_block(H, fe, o, o + ke)  # frozen rows/columns -> identity
+            g[:, o:] *= fe
             Hd = H.diagonal(dim1=1, dim2=2)
         dpre = Hd.clamp_min(1e-9)  # Marquardt scaling, before damping
         A = H
@@ -491,44 +616,22 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
         ok = (info == 0) & ~converged
         # two triangular solves (much faster than cholesky_solve on CPU batches)
         z = torch.linalg.solve_triangular(Lc, -g[..., None], upper=False)
-        delta = torch.linalg.solve_triangular(Lc.transpose(1, 2), z, upper=True).squeeze(-1)
         if bounded and opt.bound_second_pass:
-            # second pass: free blendshapes whose step crosses a bound are fixed AT the bound
-            e_ = expr[:, :ke]
-            de = delta[:, ks:ks + ke]
-            tgt = torch.maximum(torch.minimum(e_ + de, prob.hi[:ke]), prob.lo[:ke])
-            cross = (tgt != e_ + de)
-            need = cross.any(-1)
-            if bool(need.any()):
-                # only the faces with a crossing are re-solved (fewer as the fit settles)
-                sel = need.nonzero().squeeze(1)
-                cs = cross[sel]
-                dCe = torch.where(cs, (tgt - e_)[sel], torch.zeros_like(cs, dtype=dt))
-                fe2 = (~cs).to(dt)
-                As = A[sel]
-                g2 = g[sel] + (As[:, :, ks:ks + ke] @ dCe[..., None]).squeeze(-1)  # A dC (dC lives in the band)
-                g2[:, ks:ks + ke] *= fe2
-                A2 = As.clone()
-                _mask_block(A2, fe2, ks, ks + ke)
-                L2, info2 = torch.linalg.cholesky_ex(A2)
-                z2 = torch.linalg.solve_triangular(L2, -g2[..., None], upper=False)
-                d2 = torch.linalg.solve_triangular(L2.transpose(1, 2), z2, upper=True).squeeze(-1)
-                d2[:, ks:ks + ke] = d2[:, ks:ks + ke] * fe2 + dCe
-                d2 = torch.where((info2 == 0)[:, None], d2, delta[sel])
-                delta = delta.index_copy(0, sel, d2)
+            z = _bound_pass(Lc, z, expr[:, :ke], prob.lo[:ke], prob.hi[:ke])
+        delta = torch.linalg.solve_triangular(Lc.transpose(1, 2), z, upper=True).squeeze(-1)
         delta = torch.where(ok[:, None] & torch.isfinite(delta), delta, torch.zeros_like(delta))
 
         # candidate
         n_shape = shape.clone()
-        n_shape[:, :ks] = shape[:, :ks] + delta[:, :ks]
+        n_shape[:, :ks] = shape[:, :ks] + delta[:, _NP:o]
         n_expr = expr.clone()
-        n_expr[:, :ke] = expr[:, :ke] + delta[:, ks: ks + ke]
+        n_expr[:, :ke] = expr[:, :ke] + delta[:, o:]
         if not prob.expr_pca:
             n_expr = torch.maximum(torch.minimum(n_expr, prob.hi), prob.lo)
-        dR = rotvec_to_rotmat(delta[:, ks + ke: ks + ke + 3])
+        dR = rotvec_to_rotmat(delta[:, 0:3])
         n_R = dR @ R
-        n_logs = logs + delta[:, ks + ke + 3]
-        n_t = t + delta[:, ks + ke + 4:]
+        n_logs = logs + delta[:, 3]
+        n_t = t + delta[:, 4:6]
         nX, nr, nwr, nx, ncost = evaluate(n_shape, n_expr, n_R, n_logs, n_t, vid)
         # gain ratio: predicted reduction with the damped model
         pred = (delta * (mu[:, None] * dpre * delta - 2.0 * g)).sum(-1).clamp_min(1e-30)

@@ -93,8 +93,13 @@ def test_flop_model():
     assert math.isclose(fl["cholesky"], 159 ** 3 / 3)
     assert fl["solves"] == 2 * 159 ** 2
     assert 8e6 < fl["total"] < 9e6
-    g = B.flops_per_iteration(68, 153)  # shared weights: Gram blocks 2*9*153^2 + pose rows 2*136*(153*6 + 36)
-    assert g["JtWJ"] == 2 * 9 * 153 ** 2 + 2 * 136 * 153 * 6 + 2 * 136 * 36
+    # shared weights: Gram combination over the whole P x P matrix, pose rows as a (6, 3L) x (3L, K)
+    # GEMM after forming Q_l = Jp_l^T D R2 (2 x 6 by 2 x 3 per point), the pose block
+    g = B.flops_per_iteration(68, 153)
+    assert g["JtWJ"] == 2 * 9 * 159 ** 2 + 2 * 6 * 204 * 153 + 2 * 68 * 6 * 2 * 3 + 2 * 136 * 36
+    assert g["gradient"] == 2 * 204 * 153 + 2 * 136 * 6 and g["bound_pass"] == 0
+    b = B.flops_per_iteration(68, 153, k_bounded=53)
+    assert math.isclose(b["bound_pass"], 2 * 53 ** 3 + 53 ** 3 / 3 + 8 * 53 ** 2)
 
 
 def test_eos_projection_reproduces_landmarks():
@@ -151,7 +156,7 @@ def test_targets_and_report_are_honest():
     assert t["default"]["ge_1000_fits_per_s_5it"] and t["default"]["faster_than_eos_at_le_rmse_clean"]
     out["targets"] = t
     text = B.format_report(out)
-    assert "NOT MET (a 60.0x" in text and "FitOptions(chunk=64)" in text and "eos-py, 50 faces" in text
+    assert "NOT MET (a 60.0x" in text and "FitOptions(workers=1)" in text and "eos-py, 50 faces" in text
     # a slower-than-eos or less accurate result must not count
     out["sfm_vs_eos"]["eos"]["rmse_clean"] = 0.5
     assert B._targets(out)["default"]["faster_than_eos_at_le_rmse_clean"] is False

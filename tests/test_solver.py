@@ -50,7 +50,8 @@ def test_jacobian_matches_autograd_float64(ict_model):
     X = _points(shape, expr, prob, None)
     x = project(X, R, s, t)
     J = _jacobian(prob, X, x, R, s, t, None)
-    assert_close(J, Jad, atol=1e-9)
+    # the solver orders its parameters [rotation increment, log s, t, shape, expr]
+    assert_close(J, torch.cat([Jad[..., 15:], Jad[..., :15]], -1), atol=1e-9)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -192,3 +193,46 @@ def test_mask_block_freezes_rows_and_columns():
     expect[:, 2] = 0.0
     expect[2, 2] = 1.0
     assert torch.equal(H[0], expect)
+
+
+def test_bound_pass_equals_dense_constrained_step():
+    """_bound_pass on the factor of A gives the minimiser of 1/2 d^T A d + g^T d with the crossing
+    blendshape weights fixed at their bounds, computed here by a dense solve of the free block."""
+    from fitting.solver import _bound_pass
+
+    g_ = torch.Generator().manual_seed(5)
+    B, P, ke = 6, 12, 5
+    X = torch.randn(B, 20, P, generator=g_, dtype=torch.float64)
+    A = X.transpose(1, 2) @ X + 0.5 * torch.eye(P, dtype=torch.float64)
+    g = 0.5 * torch.randn(B, P, generator=g_, dtype=torch.float64)
+    e = torch.rand(B, ke, generator=g_, dtype=torch.float64)
+    lo, hi = torch.zeros(ke, dtype=torch.float64), torch.ones(ke, dtype=torch.float64)
+    Lc = torch.linalg.cholesky(A)
+    z = torch.linalg.solve_triangular(Lc, -g[..., None], upper=False)
+    delta = torch.linalg.solve_triangular(Lc.transpose(1, 2), _bound_pass(Lc, z, e, lo, hi), upper=True).squeeze(-1)
+    free_step = torch.linalg.solve(A, -g)
+    n_cross = 0
+    for b in range(B):
+        de = free_step[b, P - ke:]
+        cross = (e[b] + de > 1) | (e[b] + de < 0)
+        n_cross += int(cross.any())
+        fixed = torch.zeros(P, dtype=torch.bool)
+        fixed[P - ke:] = cross
+        d = torch.zeros(P, dtype=torch.float64)
+        d[fixed] = (torch.clamp(e[b] + de, 0, 1) - e[b])[cross]
+        F = ~fixed
+        d[F] = torch.linalg.solve(A[b][F][:, F], -g[b][F] - A[b][F][:, fixed] @ d[fixed])
+        assert_close(delta[b], d, atol=1e-10)
+    assert 0 < n_cross < B  # both kinds of face were exercised
+
+
+def test_chunks_on_worker_threads_equal_one_call(ict_model):
+    gt, R, ang, y = _synthetic(ict_model, 40, 30, 10, yaw_deg=60, dtype=torch.float64)
+    y = y + torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    one = fit_landmarks(ict_model, y, options=FitOptions(max_iterations=6, workers=1, chunk=64))
+    many = fit_landmarks(ict_model, y, options=FitOptions(max_iterations=6, workers=2, chunk=8))
+    assert_close(many.params.shape, one.params.shape, atol=1e-8)
+    assert_close(many.landmarks, one.landmarks, atol=1e-8)
+    assert torch.equal(many.iterations, one.iterations) and torch.equal(many.converged, one.converged)
+    with pytest.raises(InputError, match="workers"):
+        fit_landmarks(ict_model, y, options=FitOptions(workers=-1))
