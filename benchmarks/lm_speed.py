@@ -34,11 +34,13 @@ What is measured (every timing is a median over repeated calls; other jobs share
 
 Timed spans: ours = the whole ``fit_landmarks`` call (input checks, closed-form start, LM loop,
 outputs) on tensors already in memory; scipy = the ``least_squares`` call; eos = the
-``fit_shape_and_pose`` call (its ``Landmark`` list is built beforehand). Threads: ``--threads N``
-sets torch's thread count and OMP/MKL/OPENBLAS_NUM_THREADS; the solver then fits chunks of 64 faces
-on N worker threads, each with one intra-op thread (``FitOptions.workers``); with N > 1 the largest
-batch is also timed with ``FitOptions(workers=1)``. scipy and eos are per-face loops on one thread
-(a loop split over two processes would be at most 2x faster).
+``fit_shape_and_pose`` call (its ``Landmark`` list is built beforehand). Threads: the module
+restarts itself with OMP/MKL/OPENBLAS_NUM_THREADS=1 (scipy's and eos's per-face loops are fastest on
+one BLAS thread) and ``--threads N`` sets ``torch.set_num_threads(N)``: the solver then fits chunks
+of 64 faces on N worker threads, each with one intra-op thread (``FitOptions.workers``), and with
+N > 1 the largest batch is also timed with ``FitOptions(workers=1)``. The GEMM rate is measured on
+N threads. scipy and eos stay single-threaded per-face loops (split over two processes they would
+be at most 2x faster).
 
 Synthetic faces: shape ~ N(0, 1), sparse blendshape expressions (:meth:`MorphableModel.sample`),
 yaw U(-70, 70), pitch and roll U(-20, 20) deg, mean-face landmark width 200 px x U(0.9, 1.1),
@@ -912,13 +914,14 @@ def format_report(out: dict) -> str:
     return "\n".join(L)
 
 
-def _ensure_thread_env(threads: int, argv: Sequence[str]) -> None:
-    """Re-run this module once with OMP/MKL/OpenBLAS thread counts in the environment: numpy's
-    OpenBLAS (scipy) reads them only at start-up, torch's pools follow ``set_num_threads``."""
-    want = str(threads)
-    if os.environ.get(_REEXEC) or all(os.environ.get(k) == want for k in THREAD_ENV):
+def _ensure_thread_env(argv: Sequence[str]) -> None:
+    """Re-run this module once with OMP/MKL/OpenBLAS thread counts of 1 in the environment: the
+    per-face baselines (scipy's numpy/OpenBLAS reads them only at start-up; eos) are fastest on one
+    BLAS thread, and our solver sets one intra-op thread per worker itself; ``--threads`` then sets
+    torch's thread count (the solver's default number of workers) with ``torch.set_num_threads``."""
+    if os.environ.get(_REEXEC) or all(os.environ.get(k) == "1" for k in THREAD_ENV):
         return
-    env = dict(os.environ, **{k: want for k in THREAD_ENV}, **{_REEXEC: "1"})
+    env = dict(os.environ, **{k: "1" for k in THREAD_ENV}, **{_REEXEC: "1"})
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     sys.stdout.flush()
@@ -943,7 +946,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not sizes or min(sizes) < 1:
         ap.error("--sizes needs positive batch sizes")
     if not args.no_reexec:
-        _ensure_thread_env(args.threads, list(sys.argv[1:] if argv is None else argv))
+        _ensure_thread_env(list(sys.argv[1:] if argv is None else argv))
     out = run(sizes, args.quick, args.threads, args.profile, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(format_report(out))
     if args.json:

@@ -35,6 +35,8 @@ Every ``check_every`` iterations one host sync tests whether all faces converged
 """
 from __future__ import annotations
 
+import copy
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -302,16 +304,18 @@ def _intra_op_threads(n: Optional[int]):
             torch.set_num_threads(old)
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` threads (each task sets one intra-op torch thread for itself)."""
+    """A pool of ``workers`` threads for this process (each task sets one intra-op torch thread for
+    itself); keyed by process id, since a forked child does not inherit the parent's threads."""
+    key = (os.getpid(), workers)
     with _POOLS_LOCK:
-        if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="fit_landmarks")
-        return _POOLS[workers]
+        if key not in _POOLS:
+            _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="fit_landmarks")
+        return _POOLS[key]
 
 
 def _real_tensor(a, name: str) -> torch.Tensor:
@@ -398,6 +402,13 @@ class _Problem:
         G = torch.zeros(3, 3, self.P, self.P, dtype=Bc.dtype, device=Bc.device)
         G[:, :, _NP:, _NP:] = torch.einsum("lik,ljm->ijkm", wB, Bc)
         return G.view(9, self.P * self.P)
+
+    def subset(self, keep: torch.Tensor) -> "_Problem":
+        """The same problem for the faces at batch rows ``keep`` (a shallow copy: model blocks shared)."""
+        p = copy.copy(self)
+        p.y, p.w, p.f, p.valid = self.y[keep], self.w[keep], self.f[keep], self.valid[keep]
+        p.B = int(keep.shape[0])
+        return p
 
     def basis(self, vid):
         """Basis rows of the optimised components (K = ks + ke) at the landmark vertices: shared
@@ -585,6 +596,7 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
 
     bounded = (not prob.expr_pca) and ke > 0
     gram = prob.shared_gram(opt)
+    prob_all, where, done = prob, None, None  # where: batch rows of the faces still iterating
     o = _NP + ks  # the blendshape block is the trailing (ke, ke) block of the normal matrix
     for it in range(opt.max_iterations):
         s = logs.exp()
@@ -659,9 +671,27 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
         if prob.contour:
             vid = _contour_assign(prob, shape, expr, R, logs.exp(), t, vid)
             X, r, wr, x, cost = evaluate(shape, expr, R, logs, t, vid)
-        if opt.check_every and (it + 1) % opt.check_every == 0 and bool(converged.all()):
-            break
+        if opt.check_every and (it + 1) % opt.check_every == 0:
+            active = ~converged
+            n_active = int(active.sum())
+            if n_active == 0:
+                break
+            if n_active <= 0.75 * B and it + 1 < opt.max_iterations:
+                # drop the converged faces (their steps are zero from now on): store their results,
+                # go on with the rest; exact, and the sync is the one this check makes anyway
+                done = _store(done, where, (shape, expr, R, logs, t, x, cost, iters, converged, vid))
+                keep = active.nonzero().squeeze(1)
+                where = keep if where is None else where[keep]
+                shape, expr, R, logs, t, X, r, wr, x, cost, mu, nu, converged, iters = (
+                    v[keep] for v in (shape, expr, R, logs, t, X, r, wr, x, cost, mu, nu, converged, iters))
+                vid = vid[keep] if vid is not None else None
+                prob = prob.subset(keep)
+                B = n_active
 
+    if where is not None:
+        shape, expr, R, logs, t, x, cost, iters, converged, vid = _store(
+            done, where, (shape, expr, R, logs, t, x, cost, iters, converged, vid))
+        prob, B = prob_all, prob_all.B
     s = logs.exp()
     wsum = prob.w.sum(-1).clamp_min(1e-12)
     err = (x - prob.y).norm(dim=-1)
@@ -672,6 +702,17 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
         vid = prob.lm[None].expand(B, L).clone()
     return FitResult(params, x, cost, torch.where(prob.valid, rmse, torch.full_like(rmse, float("nan"))),
                      iters, converged, prob.valid, vid)
+
+
+def _store(done: Optional[list], where: Optional[torch.Tensor], state: tuple) -> list:
+    """Write the per-face ``state`` tensors of the faces at batch rows ``where`` (None: all rows, in
+    order) into ``done`` (a list of full-batch tensors; None: ``state`` itself becomes it)."""
+    if done is None:
+        return [v.clone() if v is not None else None for v in state]
+    for d, v in zip(done, state):
+        if d is not None:
+            d[where] = v
+    return done
 
 
 def _contour_assign(prob: _Problem, shape, expr, R, s, t, vid):

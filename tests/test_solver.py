@@ -236,3 +236,25 @@ def test_chunks_on_worker_threads_equal_one_call(ict_model):
     assert torch.equal(many.iterations, one.iterations) and torch.equal(many.converged, one.converged)
     with pytest.raises(InputError, match="workers"):
         fit_landmarks(ict_model, y, options=FitOptions(workers=-1))
+
+
+def test_dropping_converged_faces_changes_no_result(ict_model, monkeypatch):
+    """At every check the converged faces leave the working batch; the fits equal those of a run
+    that never checks (converged faces take zero steps either way)."""
+    import fitting.solver as S
+
+    gt, R, ang, y = _synthetic(ict_model, 24, 30, 10, yaw_deg=60, dtype=torch.float64)
+    y = y + 0.3 * torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y[3] = float("nan")  # an invalid face counts as converged from the start
+    calls = []
+    orig = S._Problem.subset
+    monkeypatch.setattr(S._Problem, "subset", lambda self, keep: calls.append(len(keep)) or orig(self, keep))
+    opt = dict(max_iterations=30, workers=1, tolerance=1e-4)
+    checked = fit_landmarks(ict_model, y, options=FitOptions(check_every=2, **opt))
+    assert calls and calls == sorted(calls, reverse=True) and calls[0] < 24  # faces were really dropped
+    plain = fit_landmarks(ict_model, y, options=FitOptions(check_every=0, **opt))
+    for a, b in ((checked.params.shape, plain.params.shape), (checked.params.rotvec, plain.params.rotvec),
+                 (checked.landmarks, plain.landmarks), (checked.cost, plain.cost)):
+        assert_close(a, b, atol=1e-9)
+    assert torch.equal(checked.iterations, plain.iterations) and torch.equal(checked.converged, plain.converged)
+    assert torch.equal(checked.valid, plain.valid) and bool(checked.rmse[3].isnan())

@@ -364,19 +364,22 @@ def section_lm(lms: list[tuple[Path, dict]], page: Path) -> list[str]:
               + ", ".join(f"{k}={v}" for k, v in (env.get("env") or {}).items())
               + f"; CPU {env.get('cpu', '?')} x{env.get('cpus', '?')}; load average "
               f"{f((env.get('loadavg_start') or [None])[0])} → {f((env.get('loadavg_end') or [None])[0])}.", ""]
+        nthr = env.get("torch_num_threads", "?")
+        ours_name = f"ours, FitOptions() on {nthr} thread(s)"
         rows = []
         for key, case in (dm.get("cases") or {}).items():
             ours = case.get("ours", {})
             name = f"({key}) {case.get('iterations', '?')} it, {case.get('start', '?')} start"
             for b, v in (ours.get("sizes") or {}).items():
                 acc = int(b) == ours.get("accuracy_faces")
-                rows.append([name, "ours (default FitOptions)", b, f(v.get("fits_per_s"), 1), f(v.get("ms_per_fit"), 3),
+                rows.append([name, ours_name, b, f(v.get("fits_per_s"), 1), f(v.get("ms_per_fit"), 3),
                              f(ours.get("rmse_noisy"), 3) if acc else "", f(ours.get("rmse_clean"), 3) if acc else "",
                              f"{f((case.get('ratio_ours_over_scipy') or {}).get(b), 1)}x"])
                 name = ""
             t = ours.get("tuned")
             if t:
-                rows.append(["", f"ours, FitOptions(chunk={t.get('chunk')})", t.get("batch"), f(t.get("fits_per_s"), 1),
+                rows.append(["", "ours, FitOptions(workers=1)" if "workers" in t else f"ours, FitOptions(chunk={t.get('chunk')})",
+                             t.get("batch"), f(t.get("fits_per_s"), 1),
                              f(t.get("ms_per_fit"), 3), f(t.get("rmse_noisy"), 3), f(t.get("rmse_clean"), 3),
                              f"{f(case.get('ratio_tuned_over_scipy'), 1)}x"])
             sp = case.get("scipy")
@@ -396,10 +399,16 @@ def section_lm(lms: list[tuple[Path, dict]], page: Path) -> list[str]:
                 name = f"ours, {iters} it, mean-face start"
                 for b, v in (ov.get("sizes") or {}).items():
                     acc = int(b) == ov.get("accuracy_faces")
-                    rows.append([name, "default FitOptions", b, f(v.get("fits_per_s"), 1), f(v.get("ms_per_fit"), 3),
+                    rows.append([name, ours_name, b, f(v.get("fits_per_s"), 1), f(v.get("ms_per_fit"), 3),
                                  f(ov.get("rmse_noisy"), 3) if acc else "", f(ov.get("rmse_clean"), 3) if acc else "",
                                  f"{f((ov.get('ratio_ours_over_eos') or {}).get(b), 1)}x"])
                     name = ""
+                t = ov.get("tuned")
+                if t:
+                    rows.append(["", "ours, FitOptions(workers=1)" if "workers" in t else f"FitOptions(chunk={t.get('chunk')})",
+                                 t.get("batch"), f(t.get("fits_per_s"), 1), f(t.get("ms_per_fit"), 3),
+                                 f(t.get("rmse_noisy"), 3), f(t.get("rmse_clean"), 3),
+                                 f"{f(ov.get('ratio_tuned_over_eos'), 1)}x"])
             L += [f"Surrey Face Model {se.get('model', '')} (Ks={se.get('n_shape', '?')}, Ke={se.get('n_expr', '?')}), "
                   f"the {se.get('points', '?')} iBUG points eos maps, against eos-py:", ""]
             L += table(["solver", "details", "batch", "fits/s", "ms/fit", "RMSE noisy", "RMSE clean", "ours / eos"], rows)
@@ -409,7 +418,10 @@ def section_lm(lms: list[tuple[Path, dict]], page: Path) -> list[str]:
         if lim:
             L += [f"Machine limits measured in the same run: fp32 GEMM {f(lim.get('gemm_fp32_1024_gflops'), 0)} GFLOP/s; "
                   f"upper bound for 5 iterations {f(lim.get('bound_fits_per_s_5it_gemm_rate'), 0)} fits/s if every FLOP "
-                  "ran at that rate.", ""]
+                  "ran at that rate"
+                  + (f"; {f(lim.get('bound_fits_per_s_5it_kernel_rates_chunk'), 0)} fits/s from the solver's measured "
+                     f"big kernels alone ({lim.get('workers', 1)} worker(s), chunks of {(lim.get('kernels_chunk') or {}).get('batch')})"
+                     if lim.get("bound_fits_per_s_5it_kernel_rates_chunk") else "") + ".", ""]
     return L
 
 
