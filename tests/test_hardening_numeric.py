@@ -173,3 +173,27 @@ def test_fit_crops_with_boxes_off_the_image(tiny_weights, faces):
         assert torch.isfinite(v).all()
     solo = f.fit_crops([img], boxes[1:2])
     assert torch.allclose(solo.landmarks[0], fits.landmarks[1], atol=1e-3)
+
+
+def test_batch_of_ten_thousand_on_two_workers(ict_model, faces):
+    """10,000 faces (float32) in chunks on two worker threads: the degenerate rows, spread over
+    different chunks, are flagged; every copy of a good face, wherever its chunk, gets the fit that
+    face gets alone."""
+    g0, g1 = faces
+    t = np.linspace(0.0, 1.0, 68)
+    templates = np.stack([g0, g1, g0 * 1.3 + 40.0, g1[::-1].copy()])
+    L = np.tile(templates, (2500, 1, 1))
+    bad = {17: np.full((68, 2), np.nan), 5003: np.tile(g0[:1], (68, 1)), 9999: np.c_[100 + 200 * t, 80 + 0 * t]}
+    for i, v in bad.items():
+        L[i] = v
+    L = torch.tensor(L, dtype=torch.float32)
+    res = fit_landmarks(ict_model, L, options=FitOptions(max_iterations=5, workers=2))
+    assert len(res.valid) == 10_000 and _finite(res)
+    assert (~res.valid).nonzero().squeeze(1).tolist() == sorted(bad)
+    for k in range(4):
+        solo = fit_landmarks(ict_model, L[k:k + 1], options=FitOptions(max_iterations=5))
+        rows = [i for i in range(k, 10_000, 4) if i not in bad]
+        for f in ("shape", "rotvec", "scale"):
+            got, want = getattr(res.params, f)[rows], getattr(solo.params, f).expand_as(getattr(res.params, f)[rows])
+            assert torch.allclose(got, want, atol=1e-3, rtol=1e-4), (k, f, float((got - want).abs().max()))
+        assert torch.equal(res.iterations[rows], solo.iterations.expand(len(rows)))
