@@ -6,10 +6,11 @@
 For every image the detectors run once; a face counts as found when the detector's first box
 (its best face) overlaps the ground-truth 68-landmark box with IoU >= 0.5 (the built-in detectors'
 boxes are calibrated to that box). Detectors: ``haar`` (:class:`fitting.detect.OpenCVDetector`),
-``mmod`` (:class:`fitting.detect.DlibCNNDetector`, default ``min_face``) and ``auto`` (the default
-:class:`fitting.detect.CombinedDetector` of the two, replayed from the same detections). Time is
-wall time per image on one thread (``torch`` is not involved; dlib and OpenCV run single-threaded
-here), printed beside Haar's as a ratio.
+``mmod`` (:class:`fitting.detect.DlibCNNDetector`, default ``min_face``, the model run by torch),
+``auto`` (the default :class:`fitting.detect.CombinedDetector` of the two, replayed from the same
+detections) and ``mmod-dlib`` (the same model run by dlib itself, when dlib is installed: the peer
+of the torch backend). Time is wall time per image on one thread (``torch.set_num_threads(1)``;
+dlib and OpenCV run single-threaded here), printed beside Haar's as a ratio.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from benchmarks.protocol import load_dataset, yaw_bin
-from fitting.detect import CombinedDetector, Detections, DlibCNNDetector, OpenCVDetector, box_iou
+from fitting.detect import CombinedDetector, Detections, DlibCNNDetector, OpenCVDetector, box_iou, dlib_detector_available
 from fitting.images import load_image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -48,10 +49,14 @@ def _pts(path: Path) -> np.ndarray:
     return np.array(body, float).reshape(-1, 2) - 1.0  # .pts are 1-based
 
 
-def evaluate(images: Sequence[tuple[str, Path, np.ndarray]], progress: bool = True) -> dict:
-    """``images``: (name, path, GT landmark box (4,) xyxy). Returns per-detector IoU lists and times."""
+def evaluate(images: Sequence[tuple[str, Path, np.ndarray]], progress: bool = True, dlib_backend: bool = True) -> dict:
+    """``images``: (name, path, GT landmark box (4,) xyxy). Returns per-detector IoU lists and times.
+    ``dlib_backend``: also run the MMOD model through dlib itself (``mmod-dlib``), the peer of the
+    torch backend that ``mmod`` and ``auto`` use."""
     haar, mmod = OpenCVDetector(), DlibCNNDetector()
-    out = {k: {"iou": [], "seconds": 0.0} for k in ("haar", "mmod", "auto")}
+    peer = DlibCNNDetector(backend="dlib") if dlib_backend and dlib_detector_available() else None
+    names = ("haar", "mmod", "auto") + (("mmod-dlib",) if peer is not None else ())
+    out = {k: {"iou": [], "seconds": 0.0} for k in names}
     for i, (name, path, gt) in enumerate(images):
         img = load_image(path)
         t0 = time.perf_counter()
@@ -63,7 +68,12 @@ def evaluate(images: Sequence[tuple[str, Path, np.ndarray]], progress: bool = Tr
         out["haar"]["seconds"] += t1 - t0
         out["mmod"]["seconds"] += t2 - t1
         out["auto"]["seconds"] += t2 - t0
-        for k, d in (("haar", h), ("mmod", m), ("auto", a)):
+        dets = [("haar", h), ("mmod", m), ("auto", a)]
+        if peer is not None:
+            t3 = time.perf_counter()
+            dets.append(("mmod-dlib", peer.detect(img)))
+            out["mmod-dlib"]["seconds"] += time.perf_counter() - t3
+        for k, d in dets:
             out[k]["iou"].append(float(box_iou(d.boxes[:1], gt[None])[0, 0]) if len(d) else 0.0)
         if progress and (i + 1) % 50 == 0:
             print(f"  {i + 1}/{len(images)}", file=sys.stderr, flush=True)
@@ -93,8 +103,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     import cv2
 
+    import torch
+
     cv2.setNumThreads(1)
-    report = {"env": {"threads": "OpenCV setNumThreads(1); dlib single-threaded (CPU build)",
+    torch.set_num_threads(1)
+    report = {"env": {"threads": "OpenCV setNumThreads(1); torch set_num_threads(1); dlib single-threaded (CPU build)",
                       "loadavg_start": os.getloadavg()[0]}}
     ds = load_dataset(args.data, limit=args.limit)
     items = []

@@ -70,7 +70,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, metavar="M", help="morphable model name or file (default: ICT-FaceKit)")
     p.add_argument("--weights", default=None, metavar="W", help="regressor weights file (default: the bundled ones)")
     p.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default: cpu)")
-    p.add_argument("--detector", default=None, choices=("auto", "mmod", "haar", "mediapipe"),
+    p.add_argument("--detector", default=None, choices=("auto", "mmod", "mmod-dlib", "haar", "mediapipe"),
                    help="face detector (default auto: dlib's MMOD CNN, which finds profiles, plus Haar for small faces)")
     p.add_argument("--min-face", type=_fraction, default=None, metavar="F",
                    help="smallest face to detect, fraction of the shorter image side (default 0.25; 0.1 finds "

@@ -185,7 +185,8 @@ class Fitter:
 
     Args:
         config: :class:`FitConfig`.
-        detector: an object with ``detect(image) -> Detections`` (default: OpenCV Haar cascades).
+        detector: an object with ``detect(image) -> Detections`` (default: the configured
+            :func:`fitting.detect.make_detector`, MMOD + Haar for ``"auto"``).
     """
 
     def __init__(self, config: Optional[FitConfig] = None, detector=None):

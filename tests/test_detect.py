@@ -104,7 +104,6 @@ def _faces68_agreement(det, files):
     return found, missed, np.array(ious), np.array(centre_err), np.array(side_ratio)
 
 
-@pytest.mark.skipif(not dlib_detector_available(), reason="dlib not installed")
 def test_default_detector_on_faces68(shared):
     """The default detector (MMOD + Haar for small faces) finds 20/21 (einstein's face is 12 % of
     the shorter side, below the default min_face 0.25; min_face=0.1 finds it) and ranks the
@@ -119,7 +118,6 @@ def test_default_detector_on_faces68(shared):
     assert 0.85 < np.median(side_ratio) < 1.2
 
 
-@pytest.mark.skipif(not dlib_detector_available(), reason="dlib not installed")
 def test_mmod_finds_profiles_the_haar_cascades_miss(shared):
     """Two AFLW2000-3D dev faces at about -79 and +77 degrees of yaw: the MMOD box overlaps the
     ground-truth landmark box (IoU >= 0.5); on the first the Haar cascades' first box is background."""
@@ -167,7 +165,11 @@ def test_make_detector_names_and_bad_options():
     assert isinstance(make_detector("haar"), OpenCVDetector)
     with pytest.raises(InputError, match="unknown detector"):
         make_detector("yolo")
+    with pytest.raises(InputError, match="min_face"):
+        DlibCNNDetector(min_face=0)
+    with pytest.raises(InputError, match="backend"):
+        DlibCNNDetector(backend="cuda")
+    assert len(DlibCNNDetector().detect(np.full((200, 240, 3), 128, np.uint8))) == 0
+    assert make_detector("mmod").backend == "torch"
     if dlib_detector_available():
-        with pytest.raises(InputError, match="min_face"):
-            DlibCNNDetector(min_face=0)
-        assert len(DlibCNNDetector().detect(np.full((200, 240, 3), 128, np.uint8))) == 0
+        assert make_detector("mmod-dlib").backend == "dlib"
