@@ -323,9 +323,10 @@ def section_detectors(dets: list[tuple[Path, dict]]) -> list[str]:
         return L + ["Not measured yet: no `docs/data/detectors*.json`. Commands below.", ""]
     L += ["From `python -m benchmarks.detectors`: how often the detector's first box is the face "
           "(IoU >= 0.5 with the ground-truth 68-landmark box), by |yaw| bin on the AFLW2000-3D dev "
-          "set and on the 21 hand-annotated `faces68` photos, with the wall time per image. `auto` "
-          "is the default of `fit` (dlib's MMOD CNN plus the Haar cascades for faces below its "
-          "working size).", ""]
+          "set and on the 21 hand-annotated `faces68` photos, with the wall time per image. `mmod` "
+          "is dlib's MMOD CNN face model run by torch (`fitting/mmod.py`), `mmod-dlib` the same "
+          "model run by dlib itself (the pip build, no BLAS), `auto` the default of `fit` (`mmod` "
+          "plus the Haar cascades for faces below its working size).", ""]
     for p, d in dets:
         for set_name, title in (("aflw2000_dev", "AFLW2000-3D dev"), ("faces68", "faces68")):
             rows = d.get(set_name)
@@ -342,8 +343,9 @@ def section_detectors(dets: list[tuple[Path, dict]]) -> list[str]:
                              f"{r['ms_per_image'] / haar:.1f}x" if haar else "-"])
             L += table(head, body)
         env = d.get("env") or {}
+        busy = max(env.get("loadavg_start") or 0.0, env.get("loadavg_end") or 0.0) > 1.5
         L += [f"`{p.name}`: {env.get('threads', '?')}; load average {f(env.get('loadavg_start'))} -> "
-              f"{f(env.get('loadavg_end'))} (the machine was shared with training jobs).", ""]
+              f"{f(env.get('loadavg_end'))}" + (" (the machine was shared with other jobs)." if busy else "."), ""]
     return L
 
 
