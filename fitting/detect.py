@@ -361,9 +361,9 @@ MMOD_MODEL = Path(__file__).resolve().parent / "models" / "mmod_human_face_detec
 #: detector and the faces are mirror-symmetric on average and the pipeline re-crops anyway).
 MMOD_CALIB = (0.0, 0.153, 1.012, 1.007)
 #: The same for the torch backend (:mod:`fitting.mmod`): on the first 300 ytf68 test frames its raw
-#: boxes gave medians (dx 0.062, dy 0.163, sw 1.002, sh 1.000) where dlib's gave (0.066, 0.167,
+#: boxes gave medians (dx 0.047, dy 0.155, sw 1.074, sh 1.008) where dlib's gave (0.066, 0.167,
 #: 1.012, 1.007); the dlib calibration shifted by those differences.
-MMOD_CALIB_TORCH = (0.0, 0.149, 1.002, 1.000)
+MMOD_CALIB_TORCH = (0.0, 0.141, 1.074, 1.008)
 _MMOD_WINDOW = 80  # px: the smallest face the model finds without upsampling
 
 
@@ -381,9 +381,9 @@ class DlibCNNDetector:
     """dlib's MMOD CNN face detector (``mmod_human_face_detector.dat``, shipped with morphable).
 
     Unlike the Haar cascades it finds profile faces: on the 300 AFLW2000-3D dev images the best
-    box overlapped the landmark box (IoU >= 0.5) on 97.3 % of the faces and 93.5 % of those beyond
-    60 degrees of yaw with the torch backend (86 ms per image on one core), 98.7 % and 95.7 % with
-    dlib itself (751 ms), against 28 % of the profiles for the Haar cascades (``benchmarks.detectors``).
+    box overlapped the landmark box (IoU >= 0.5) on 98.0 % of the faces and 95.7 % of those beyond
+    60 degrees of yaw with the torch backend (84 ms per image on one core), 98.7 % and 95.7 % with
+    dlib itself (728 ms), against 28 % of the profiles for the Haar cascades (``benchmarks.detectors``).
 
     Args:
         min_face: smallest face to find, as a fraction of the image's shorter side. The image is
