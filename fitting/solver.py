@@ -31,7 +31,8 @@ The algorithm (one iteration, every face at once, no host synchronisation):
 Large batches are cut into chunks of ``FitOptions.chunk`` faces (cache-sized) that run on
 ``FitOptions.workers`` CPU threads side by side, one intra-op thread each; faces never interact,
 so the result does not depend on the chunking.
-Every ``check_every`` iterations one host sync tests whether all faces converged.
+Every ``check_every`` iterations one host sync tests whether all faces converged; the converged
+ones then leave the working batch (their results are final: they take zero steps).
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class FitOptions:
             CUDA inputs always use the calling thread. When there are fewer chunks than workers,
             chunks are split down to 16 faces so that every worker has one.
         bound_second_pass: blendshape weights whose step crosses a bound are fixed at the bound
-            and the system is solved again (one more Cholesky per iteration). Blendshape
+            and the others re-solved (on the trailing block of the same Cholesky factor). Blendshape
             bounds are always handled by an active set (weights at a bound with an outward
             gradient are frozen) and by projecting the step.
     """
