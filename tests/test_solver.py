@@ -236,6 +236,8 @@ def test_chunks_on_worker_threads_equal_one_call(ict_model):
     assert torch.equal(many.iterations, one.iterations) and torch.equal(many.converged, one.converged)
     with pytest.raises(InputError, match="workers"):
         fit_landmarks(ict_model, y, options=FitOptions(workers=-1))
+    with pytest.raises(InputError, match="check_every"):
+        fit_landmarks(ict_model, y, options=FitOptions(check_every=-2))
 
 
 def test_dropping_converged_faces_changes_no_result(ict_model, monkeypatch):
