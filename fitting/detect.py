@@ -554,8 +554,9 @@ def make_detector(name: str = "auto", max_faces: Optional[int] = None, min_face:
     * ``"auto"`` (default): the MMOD CNN (profiles included) with the Haar cascades for faces
       below its minimum size (:class:`CombinedDetector`).
     * ``"mmod"``: :class:`DlibCNNDetector` only (run by torch). ``"mmod-dlib"``: the same model run
-      by dlib itself (slower; needs dlib). ``"haar"``: :class:`OpenCVDetector` (fastest, weak on
-      profiles). ``"mediapipe"``: :class:`MediapipeDetector` (needs mediapipe==0.10.21).
+      by dlib itself (slower; needs dlib). ``"haar"``: :class:`OpenCVDetector` (frontal and
+      half-profile faces of any size down to ``min_face``; weak on profiles). ``"mediapipe"``:
+      :class:`MediapipeDetector` (needs mediapipe==0.10.21).
 
     ``min_face`` (fraction of the shorter image side) goes to the MMOD detector (None: its default).
     """
