@@ -359,6 +359,7 @@ class _Problem:
                                 torch.full((self.ks,), opt.shape_prior, dtype=dt, device=dev),
                                 torch.full((self.ke,), opt.expr_prior, dtype=dt, device=dev)])
         self.P = _NP + self.ks + self.ke
+        self.uv_sign = torch.tensor([1.0, -1.0], dtype=dt, device=dev)  # D = diag(1, -1): image y points down
         # invalid points -> weight 0; face size f (px) from the valid points' bbox
         finite = torch.isfinite(y).all(-1)
         self.w = torch.where(finite, w, torch.zeros_like(w))
@@ -510,8 +511,7 @@ def _normal_equations_shared(prob: _Problem, gram, X, x, R, s, t, r, w):
     wJp = Jp * w[:, None, :, None]
     H[:, :_NP, :_NP] = Jp.view(B, 2 * L, _NP).transpose(1, 2) @ wJp.view(B, 2 * L, _NP)
     Bf = prob.lm_basis.reshape(L * 3, -1)  # (3L, K)
-    sign = torch.tensor([1.0, -1.0], dtype=dt, device=dev)
-    cR2 = (R2 * sign[:, None]) * c[:, None, None]  # c D R2 (B, 2, 3)
+    cR2 = (R2 * prob.uv_sign[:, None]) * c[:, None, None]  # c D R2 (B, 2, 3)
     Q = torch.einsum("bali,baj->blij", wJp, cR2)  # (B, L, 6, 3)
     Hpc = (Q.permute(0, 2, 1, 3).reshape(B * _NP, 3 * L) @ Bf).view(B, _NP, -1)
     H[:, :_NP, _NP:] = Hpc
