@@ -36,7 +36,7 @@ from morphable.errors import MorphableError
 
 __all__ = ["MMODNet", "load_mmod"]
 
-_PYRAMID_STEP = 5.0 / 6.0  # dlib's pyramid_down<6>
+_PYRAMID_N = 6  # dlib's pyramid_down<6>: each level is (N - 1) / N of the one before
 _PAD = 11  # black border around each level (dlib's outer pyramid padding): windows may overhang the image
 
 
@@ -225,13 +225,13 @@ class MMODNet(torch.nn.Module):
             if len(ys):
                 cx = xs.double().numpy() * self.stride + self.offset - _PAD
                 cy = ys.double().numpy() * self.stride + self.offset - _PAD
-                # dlib's pyramid_down<6>::point_up, once per level: p * 6 / 5 + 0.3
-                up = (1.0 / _PYRAMID_STEP) ** k
-                cx, cy = cx * up + 0.3 * (up - 1.0) / (1.0 / _PYRAMID_STEP - 1.0), cy * up + 0.3 * (up - 1.0) / (1.0 / _PYRAMID_STEP - 1.0)
+                for _ in range(k):  # dlib's pyramid_down<N>::point_up, once per level
+                    cx, cy = cx * _PYRAMID_N / (_PYRAMID_N - 1) + 0.3, cy * _PYRAMID_N / (_PYRAMID_N - 1) + 0.3
+                up = (_PYRAMID_N / (_PYRAMID_N - 1)) ** k  # the window's size at the image scale
                 boxes.append(np.stack([cx - W * up / 2, cy - H * up / 2, cx + W * up / 2, cy + H * up / 2], 1))
                 scores.append(s[ys, xs].double().numpy())
-            # dlib's next level: floor(5/6 of each side), bilinear with corners aligned, 8-bit pixels
-            nh, nw = int(level.shape[-2] * 5 // 6), int(level.shape[-1] * 5 // 6)
+            # dlib's next level: floor((N - 1) / N of each side), bilinear with corners aligned, 8-bit pixels
+            nh, nw = (int(n) * (_PYRAMID_N - 1) // _PYRAMID_N for n in level.shape[-2:])
             level = F.interpolate(level, size=(nh, nw), mode="bilinear", align_corners=True).round().clamp(0, 255)
             k += 1
         if not boxes:
