@@ -19,8 +19,8 @@ The algorithm (one iteration, every face at once, no host synchronisation):
    batched Cholesky (``cholesky_ex``: a failed factorisation rejects that face's step). When all
    faces share their point weights (l2 loss, fixed landmark vertices; the usual case) the
    coefficient columns of J are never formed: J^T W J is ``(s/f)^2 sum_ij M_ij G_ij`` with
-   ``M = R_0^T R_0 + R_1^T R_1`` and nine Gram blocks ``G_ij = sum_l w_l B_li^T B_lj`` computed
-   once per batch (one (B, 9) x (9, P^2) GEMM), plus pose rows from small GEMMs on the (3L, K)
+   ``M = R_0^T R_0 + R_1^T R_1`` and Gram blocks ``G_ij = sum_l w_l B_li^T B_lj`` computed
+   once per batch (one (B, 6) x (6, P^2) GEMM on the six unique entries of M), plus pose rows from small GEMMs on the (3L, K)
    landmark basis (:func:`_normal_equations_shared`). Blendshape bounds: an active set freezes
    weights at a bound pushing outward; weights whose step still crosses a bound are fixed at the
    bound and the rest re-solved on the trailing (ke x ke) block of the same factor
@@ -57,6 +57,8 @@ JAW_RIGHT = tuple(range(0, 8))
 JAW_LEFT = tuple(range(9, 17))
 #: Pose parameters at the front of the solver's parameter vector: rotation increment (3), log scale, t (2).
 _NP = 6
+#: Row and column indices of the six unique entries of a symmetric 3 x 3 matrix: diagonal, then (0,1), (0,2), (1,2).
+_SYM6 = ((0, 1, 2, 0, 0, 1), (0, 1, 2, 1, 2, 2))
 
 
 @dataclass
@@ -393,21 +395,24 @@ class _Problem:
             self.cand_l = model.contour_left.to(dev)
 
     def shared_gram(self, opt: FitOptions):
-        """Weighted Gram blocks of the landmark basis, (9, P * P): row 3 i + j holds
-        sum_l w_l B_li^T B_lj in the coefficient block of a P x P matrix (zeros in the pose rows and
-        columns), when every face of the batch has the same point weights and the IRLS weights stay
-        fixed (l2 loss, model landmarks); else None. Then J^T W J's coefficient block of a face is
-        (s/f)^2 sum_ij M_ij G_ij with M = R_0^T R_0 + R_1^T R_1 (the projected rows of R): one GEMM
-        (B, 9) x (9, P * P) that writes the normal matrix contiguously, 9 P^2 multiply-adds per face
-        instead of 2 L K^2."""
+        """Weighted Gram blocks of the landmark basis, (6, P * P), when every face of the batch has
+        the same point weights and the IRLS weights stay fixed (l2 loss, model landmarks); else None.
+        With ``G_ij = sum_l w_l B_li^T B_lj`` (in the coefficient block of a P x P matrix, zeros in
+        the pose rows and columns) the rows are ``G_00, G_11, G_22, G_01 + G_10, G_02 + G_20,
+        G_12 + G_21``. Then J^T W J's coefficient block of a face is (s/f)^2 sum_ij M_ij G_ij with the
+        symmetric M = R_0^T R_0 + R_1^T R_1 (the projected rows of R), i.e. the six unique entries of M
+        (:data:`_SYM6`) times these rows: one GEMM (B, 6) x (6, P * P) that writes the normal matrix
+        contiguously, 6 P^2 multiply-adds per face instead of 2 L K^2."""
         K = self.ks + self.ke
         if K == 0 or self.contour or opt.robust != "l2" or not bool((self.w == self.w[:1]).all()):
             return None
         Bc = self.lm_basis  # (L, 3, K)
         wB = Bc * self.w[0][:, None, None]
-        G = torch.zeros(3, 3, self.P, self.P, dtype=Bc.dtype, device=Bc.device)
-        G[:, :, _NP:, _NP:] = torch.einsum("lik,ljm->ijkm", wB, Bc)
-        return G.view(9, self.P * self.P)
+        G9 = torch.einsum("lik,ljm->ijkm", wB, Bc)  # (3, 3, K, K)
+        G = torch.zeros(6, self.P, self.P, dtype=Bc.dtype, device=Bc.device)
+        for n, (i, j) in enumerate(zip(*_SYM6)):
+            G[n, _NP:, _NP:] = G9[i, j] if i == j else G9[i, j] + G9[j, i]
+        return G.view(6, self.P * self.P)
 
     def subset(self, keep: torch.Tensor) -> "_Problem":
         """The same problem for the faces at batch rows ``keep`` (a shallow copy: model blocks shared)."""
@@ -496,7 +501,8 @@ def _normal_equations_shared(prob: _Problem, gram, X, x, R, s, t, r, w):
     (shared point weights ``w``, fixed landmark vertices): with c = s / f, D = diag(1, -1) and R2 the
     first two rows of R, a point's coefficient rows are c D R2 B_l (B_l the (3, K) basis rows), so
 
-    * coefficient block: c^2 sum_ij M_ij G_ij, M = R2^T R2 (``gram``: one (B, 9) x (9, P^2) GEMM);
+    * coefficient block: c^2 sum_ij M_ij G_ij, M = R2^T R2 (``gram``: one (B, 6) x (6, P^2) GEMM on
+      the six unique entries of the symmetric M);
     * pose-coefficient block: sum_l Q_l B_l with Q_l = w_l c Jp_l^T D R2 (6 x 3): a (6B, 3L) x (3L, K) GEMM;
     * gradient: c sum_l B_l^T R2^T D (w_l r_l): a (B, 3L) x (3L, K) GEMM.
 
@@ -505,7 +511,7 @@ def _normal_equations_shared(prob: _Problem, gram, X, x, R, s, t, r, w):
     c = s / prob.f
     R2 = R[:, :2, :]
     M = (R2.transpose(1, 2) @ R2) * (c * c)[:, None, None]  # (B, 3, 3)
-    H = (M.reshape(B, 9) @ gram).view(B, prob.P, prob.P)
+    H = (M[:, _SYM6[0], _SYM6[1]] @ gram).view(B, prob.P, prob.P)
     Jp = torch.empty(B, 2, L, _NP, dtype=dt, device=dev)
     _pose_jacobian(prob, X, x, R, s, t, Jp)
     wJp = Jp * w[:, None, :, None]
@@ -529,11 +535,12 @@ def _bound_pass(Lc: torch.Tensor, z: torch.Tensor, e: torch.Tensor, lo: torch.Te
     With ``A = L L^T`` (``Lc``, (B, P, P) lower) and ``z = L^-1 (-g)`` ((B, P, 1)), the Newton step
     ``delta = L^-T z`` restricted to the trailing block minimises ``1/2 d^T S d - (L_ee z_e)^T d``
     with ``S = L_ee L_ee^T`` (the Schur complement of that block); its unconstrained minimiser is
-    ``L_ee^-T z_e``. Weights ``e`` (B, ke) whose step crosses ``[lo, hi]`` are fixed AT the bound and
-    the others re-solved on this (ke x ke) system; the returned ``z' = [z_o; L_ee^T d_e]`` gives the
-    full step by the usual back-substitution ``L^T delta = z'`` (the leading rows then solve
-    ``A_oo d_o = -g_o - A_oe d_e`` exactly). Faces without a crossing get ``z`` unchanged. No second
-    factorisation of A: one (ke x ke) Cholesky instead of a (P x P) one.
+    ``d0 = L_ee^-T z_e``. Weights ``e`` (B, ke) whose step crosses ``[lo, hi]`` (the set C) are fixed
+    AT the bound (``d_C = c``) and the others re-solved; the returned ``z' = [z_o; L_ee^T d_e]``
+    gives the full step by the usual back-substitution ``L^T delta = z'`` (the leading rows then
+    solve ``A_oo d_o = -g_o - A_oe d_e`` exactly). Faces without a crossing get ``z`` unchanged.
+    No second factorisation of A. On CPU: :func:`_bound_pass_lagrange` on the faces with a crossing
+    (a host sync, free there); elsewhere :func:`_bound_pass_masked` on the whole batch (no sync).
     """
     ke = e.shape[1]
     o = Lc.shape[1] - ke
@@ -541,11 +548,50 @@ def _bound_pass(Lc: torch.Tensor, z: torch.Tensor, e: torch.Tensor, lo: torch.Te
     ze = z[:, o:]
     de = torch.linalg.solve_triangular(Lee.transpose(1, 2), ze, upper=True).squeeze(-1)
     tgt = torch.maximum(torch.minimum(e + de, hi), lo)
-    cross = tgt != e + de
+    cross = (tgt != e + de) & torch.isfinite(de)
+    c = torch.where(cross, tgt - e, torch.zeros_like(tgt))  # the steps that land exactly on the bounds
+    if Lc.device.type == "cpu":
+        return _bound_pass_lagrange(Lee, z, de, cross, c)
+    return _bound_pass_masked(Lee, z, cross, c)
+
+
+def _bound_pass_lagrange(Lee, z, de, cross, c):
+    """:func:`_bound_pass` for the faces with a crossing, by the multipliers of ``d_C = c``:
+    ``d = d0 + S^-1 E_C lam`` with ``(Y^T Y) lam = c_C - d0_C``, ``Y = L_ee^-1 E_C`` (E_C: the
+    identity columns of C, padded to the largest count k of the batch), so ``L_ee^T d = z_e + Y lam``:
+    one triangular solve with k right-hand sides and a (k x k) Cholesky instead of a (ke x ke) one."""
+    n_cross = cross.sum(-1)
+    rows = (n_cross > 0).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return z
+    n, ke, o = rows.numel(), Lee.shape[1], z.shape[1] - Lee.shape[1]
+    k = int(n_cross.max())
+    nc = n_cross[rows]
+    idx = torch.sort(cross[rows].to(torch.int8), dim=1, descending=True, stable=True).indices[:, :k]  # (n, k): C first
+    slot = torch.arange(k, device=z.device) < nc[:, None]  # (n, k) real (not padding) columns
+    E = torch.zeros(n, ke, k, dtype=z.dtype, device=z.device)
+    E.scatter_(1, idx[:, None, :], slot[:, None, :].to(z.dtype))
+    Y = torch.linalg.solve_triangular(Lee[rows], E, upper=False)  # (n, ke, k)
+    K = Y.transpose(1, 2) @ Y
+    K.diagonal(dim1=1, dim2=2).add_((~slot).to(z.dtype))  # padding: identity rows, multiplier 0
+    rhs = torch.where(slot, (c[rows] - de[rows]).gather(1, idx), torch.zeros_like(slot, dtype=z.dtype))
+    Lk, info = torch.linalg.cholesky_ex(K)
+    lam = torch.linalg.solve_triangular(Lk, rhs[..., None], upper=False)
+    lam = torch.linalg.solve_triangular(Lk.transpose(1, 2), lam, upper=True)
+    ok = (info == 0)[:, None, None]
+    out = z.clone()
+    out[rows, o:] = torch.where(ok, z[rows, o:] + Y @ lam, z[rows, o:])
+    return out
+
+
+def _bound_pass_masked(Lee, z, cross, c):
+    """:func:`_bound_pass` on the whole batch without a host sync: the crossing rows and columns of
+    ``S = L_ee L_ee^T`` become the identity and the free block is re-solved by a (ke x ke) Cholesky."""
+    o = z.shape[1] - Lee.shape[1]
+    ze = z[:, o:]
     S = Lee @ Lee.transpose(1, 2)
-    c = torch.where(cross, tgt - e, torch.zeros_like(tgt))
     rhs = torch.where(cross, c, (Lee @ ze - S @ c[..., None]).squeeze(-1))
-    _mask_block(S, (~cross).to(Lc.dtype), 0, ke)  # fixed weights: identity rows/columns
+    _mask_block(S, (~cross).to(Lee.dtype), 0, Lee.shape[1])  # fixed weights: identity rows/columns
     L2, info2 = torch.linalg.cholesky_ex(S)
     z2 = torch.linalg.solve_triangular(L2, rhs[..., None], upper=False)
     d_e = torch.linalg.solve_triangular(L2.transpose(1, 2), z2, upper=True).squeeze(-1)

@@ -195,27 +195,34 @@ def test_mask_block_freezes_rows_and_columns():
     assert torch.equal(H[0], expect)
 
 
-def test_bound_pass_equals_dense_constrained_step():
+@pytest.mark.parametrize("method", ["lagrange", "masked"])
+def test_bound_pass_equals_dense_constrained_step(method, monkeypatch):
     """_bound_pass on the factor of A gives the minimiser of 1/2 d^T A d + g^T d with the crossing
-    blendshape weights fixed at their bounds, computed here by a dense solve of the free block."""
+    blendshape weights fixed at their bounds, computed here by a dense solve of the free block; both
+    ways (multipliers on the crossing faces, the CPU path; masked refactorisation, the GPU path)."""
+    from fitting import solver
     from fitting.solver import _bound_pass
+
+    if method == "masked":  # the path taken off the CPU, run here on CPU tensors
+        monkeypatch.setattr(solver, "_bound_pass_lagrange", lambda Lee, z, de, cross, c: solver._bound_pass_masked(Lee, z, cross, c))
 
     g_ = torch.Generator().manual_seed(5)
     B, P, ke = 6, 12, 5
     X = torch.randn(B, 20, P, generator=g_, dtype=torch.float64)
     A = X.transpose(1, 2) @ X + 0.5 * torch.eye(P, dtype=torch.float64)
-    g = 0.5 * torch.randn(B, P, generator=g_, dtype=torch.float64)
+    # gradients of growing size: faces with no, one and several crossing weights (padding exercised)
+    g = torch.randn(B, P, generator=g_, dtype=torch.float64) * torch.tensor([0.5, 0.5, 2, 4, 6, 8], dtype=torch.float64)[:, None]
     e = torch.rand(B, ke, generator=g_, dtype=torch.float64)
     lo, hi = torch.zeros(ke, dtype=torch.float64), torch.ones(ke, dtype=torch.float64)
     Lc = torch.linalg.cholesky(A)
     z = torch.linalg.solve_triangular(Lc, -g[..., None], upper=False)
     delta = torch.linalg.solve_triangular(Lc.transpose(1, 2), _bound_pass(Lc, z, e, lo, hi), upper=True).squeeze(-1)
     free_step = torch.linalg.solve(A, -g)
-    n_cross = 0
+    counts = []
     for b in range(B):
         de = free_step[b, P - ke:]
         cross = (e[b] + de > 1) | (e[b] + de < 0)
-        n_cross += int(cross.any())
+        counts.append(int(cross.sum()))
         fixed = torch.zeros(P, dtype=torch.bool)
         fixed[P - ke:] = cross
         d = torch.zeros(P, dtype=torch.float64)
@@ -223,7 +230,7 @@ def test_bound_pass_equals_dense_constrained_step():
         F = ~fixed
         d[F] = torch.linalg.solve(A[b][F][:, F], -g[b][F] - A[b][F][:, fixed] @ d[fixed])
         assert_close(delta[b], d, atol=1e-10)
-    assert 0 < n_cross < B  # both kinds of face were exercised
+    assert counts == [0, 0, 1, 4, 4, 1]  # no crossing, one, several (padded to the largest count)
 
 
 def test_chunks_on_worker_threads_equal_one_call(ict_model):
