@@ -96,10 +96,13 @@ def test_flop_model():
     # shared weights: Gram combination over the whole P x P matrix, pose rows as a (6, 3L) x (3L, K)
     # GEMM after forming Q_l = Jp_l^T D R2 (2 x 6 by 2 x 3 per point), the pose block
     g = B.flops_per_iteration(68, 153)
-    assert g["JtWJ"] == 2 * 9 * 159 ** 2 + 2 * 6 * 204 * 153 + 2 * 68 * 6 * 2 * 3 + 2 * 136 * 36
+    assert g["JtWJ"] == 2 * 6 * 159 ** 2 + 2 * 6 * 204 * 153 + 2 * 68 * 6 * 2 * 3 + 2 * 136 * 36
     assert g["gradient"] == 2 * 204 * 153 + 2 * 136 * 6 and g["bound_pass"] == 0
-    b = B.flops_per_iteration(68, 153, k_bounded=53)
-    assert math.isclose(b["bound_pass"], 2 * 53 ** 3 + 53 ** 3 / 3 + 8 * 53 ** 2)
+    # bound pass with 4 of 53 weights crossing: d0 solve, Y = L^-1 E (4 columns), Y^T Y, 4 x 4 Cholesky, solves, Y lam
+    b = B.flops_per_iteration(68, 153, k_bounded=53, k_cross=4)
+    assert math.isclose(b["bound_pass"], 53 ** 2 + 53 ** 2 * 4 + 2 * 16 * 53 + 64 / 3 + 2 * 16 + 2 * 53 * 4)
+    assert B.flops_per_iteration(68, 153, k_bounded=6, k_cross=8)["bound_pass"] == B.flops_per_iteration(
+        68, 153, k_bounded=6, k_cross=6)["bound_pass"]  # no more crossings than bounded weights
 
 
 def test_eos_projection_reproduces_landmarks():
