@@ -20,11 +20,12 @@ The algorithm (one iteration, every face at once, no host synchronisation):
    faces share their point weights (l2 loss, fixed landmark vertices; the usual case) the
    coefficient columns of J are never formed: J^T W J is ``(s/f)^2 sum_ij M_ij G_ij`` with
    ``M = R_0^T R_0 + R_1^T R_1`` and Gram blocks ``G_ij = sum_l w_l B_li^T B_lj`` computed
-   once per batch (one (B, 6) x (6, P^2) GEMM on the six unique entries of M), plus pose rows from small GEMMs on the (3L, K)
-   landmark basis (:func:`_normal_equations_shared`). Blendshape bounds: an active set freezes
-   weights at a bound pushing outward; weights whose step still crosses a bound are fixed at the
-   bound and the rest re-solved on the trailing (ke x ke) block of the same factor
-   (:func:`_bound_pass`, no second factorisation).
+   once per batch (one (B, 6) x (6, P^2) GEMM on the six unique entries of M), plus pose rows
+   from small GEMMs on the (3L, K) landmark basis (:func:`_normal_equations_shared`). Blendshape
+   bounds: an active set freezes weights at a bound pushing outward; weights whose step still
+   crosses a bound are fixed at the bound and the rest re-solved on the trailing (ke x ke) block of
+   the same factor (:func:`_bound_pass`, no second factorisation of the normal matrix: on CPU by
+   Lagrange multipliers of the k crossing weights, a k x k system, for the faces that have any).
 3. candidate cost; per-face accept/reject and Nielsen's damping update with ``torch.where``.
    Blendshape weights are projected onto their valid range after each step.
 
