@@ -26,7 +26,8 @@ The algorithm (one iteration, every face at once, no host synchronisation):
    crosses a bound are fixed at the bound and the rest re-solved on the trailing (ke x ke) block of
    the same factor (:func:`_bound_pass`, no second factorisation of the normal matrix: on CPU by
    Lagrange multipliers of the k crossing weights, a k x k system, for the faces that have any).
-3. candidate cost; per-face accept/reject and Nielsen's damping update with ``torch.where``.
+3. candidate cost; per-face accept/reject and Nielsen's damping update on the gain ratio (actual
+   over predicted reduction, :func:`_predicted_reduction`) with ``torch.where``.
    Blendshape weights are projected onto their valid range after each step.
 
 Large batches are cut into chunks of ``FitOptions.chunk`` faces (cache-sized) that run on
@@ -69,7 +70,9 @@ class FitOptions:
     Attributes:
         max_iterations: LM iterations at most.
         tolerance: a face has converged when an accepted step lowers its cost by less than
-            ``tolerance`` (relative) or its step is below ``tolerance`` (parameter units).
+            ``tolerance`` (relative) or its step is below ``tolerance`` (parameter units), or when
+            a trial step, accepted or not, changes the cost by less than ``tolerance`` (relative)
+            and the quadratic model predicted no more (MINPACK's ftol test).
         shape_prior: lam_s, weight of the shape prior (coefficients in std units).
         expr_prior: lam_e, weight of the expression prior.
         robust: ``"l2"`` or ``"huber"``.
@@ -601,6 +604,17 @@ def _bound_pass_masked(Lee, z, cross, c):
     return torch.where(use, torch.cat([z[:, :o], Lee.transpose(1, 2) @ d_e[..., None]], 1), z)
 
 
+def _predicted_reduction(delta: torch.Tensor, g: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
+    """Cost reduction (B,) the quadratic model predicts for the step ``delta`` (B, P).
+
+    The cost is ``F = r^T W r + c^T D_prior c`` (no 1/2), so its gradient is ``2 g`` and its
+    Gauss-Newton Hessian ``2 H`` (``g``, ``H`` as the solver forms them) and the model is
+    ``m(d) = F + 2 g^T d + d^T H d``. For the damped step ``(H + diag(damping)) d = -g``,
+    ``d^T H d = -g^T d - d^T diag(damping) d``, hence ``F - m(d) = d^T (damping * d - g)``.
+    """
+    return (delta * (damping * delta - g)).sum(-1)
+
+
 def _mask_block(H: torch.Tensor, keep: torch.Tensor, a: int, b: int) -> None:
     """In place: rows and columns a..b-1 of H (B, P, P) where ``keep`` (B, b-a) is 0 become those of
     the identity (the variable is frozen); only the 2 (b-a) P entries of that band are touched."""
@@ -698,8 +712,8 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
         n_logs = logs + delta[:, 3]
         n_t = t + delta[:, 4:6]
         nX, nr, nwr, nx, ncost = evaluate(n_shape, n_expr, n_R, n_logs, n_t, vid)
-        # gain ratio: predicted reduction with the damped model
-        pred = (delta * (mu[:, None] * dpre * delta - 2.0 * g)).sum(-1).clamp_min(1e-30)
+        # gain ratio: actual over predicted reduction
+        pred = _predicted_reduction(delta, g, mu[:, None] * dpre).clamp_min(1e-30)
         actual = cost - ncost
         rho = actual / pred
         accept = ok & torch.isfinite(ncost) & (actual > 0)
@@ -713,14 +727,19 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
         r = torch.where(accept[:, None, None], nr, r)
         wr = torch.where(a3, nwr, wr)
         x = torch.where(accept[:, None, None], nx, x)
-        small = (actual.abs() <= opt.tolerance * cost.clamp_min(1e-12)) | (delta.abs().amax(-1) <= opt.tolerance)
+        tol_cost = opt.tolerance * cost.clamp_min(1e-12)
+        small = (actual.abs() <= tol_cost) | (delta.abs().amax(-1) <= opt.tolerance)
+        # MINPACK's ftol test: the model predicts, and the trial step shows, a relative change below
+        # the tolerance; holds for a rejected step too (at its minimum a face's trial steps change the
+        # cost by float rounding only, and waiting for one of them to be accepted costs iterations)
+        flat = (pred <= tol_cost) & (actual.abs() <= tol_cost) & ok
         cost = torch.where(accept, ncost, cost)
         # Nielsen's rule
         mu = torch.where(accept, mu * torch.clamp(1.0 - (2.0 * rho - 1.0) ** 3, min=1.0 / 3.0), mu * nu)
         nu = torch.where(accept, torch.full_like(nu, 2.0), nu * 2.0)
         mu = mu.clamp(1e-9, 1e9)
         iters = iters + accept.long()
-        converged = converged | (accept & small) | (mu >= 1e9)
+        converged = converged | (accept & small) | flat | (mu >= 1e9)
         if prob.contour:
             vid = _contour_assign(prob, shape, expr, R, logs.exp(), t, vid)
             X, r, wr, x, cost = evaluate(shape, expr, R, logs, t, vid)

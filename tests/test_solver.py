@@ -290,3 +290,34 @@ def test_shared_normal_equations_equal_the_full_product_float64(ict_model):
     H, g = _normal_equations_shared(prob, prob.shared_gram(opt), X, x, R, s, t, r, wr)
     assert_close(H, H_full, atol=1e-10 * float(H_full.abs().max()))
     assert_close(g, g_full, atol=1e-10 * float(g_full.abs().max()))
+
+
+def test_predicted_reduction_is_the_quadratic_model():
+    """The gain ratio's denominator equals F(0) - m(d) for the model m(d) = F + 2 g^T d + d^T H d of
+    the cost F = r^T W r + prior (no 1/2: gradient 2 g), at the damped step (H + mu D) d = -g; on an
+    exactly quadratic cost the gain ratio is therefore 1 (half of it with the old '- 2 g' formula)."""
+    from fitting.solver import _predicted_reduction
+
+    g_ = torch.Generator().manual_seed(11)
+    B, P = 5, 9
+    J = torch.randn(B, 14, P, generator=g_, dtype=torch.float64)
+    r0 = torch.randn(B, 14, generator=g_, dtype=torch.float64)
+    H = J.transpose(1, 2) @ J
+    g = (J.transpose(1, 2) @ r0[..., None]).squeeze(-1)
+    damping = torch.tensor([1e-6, 1e-3, 0.1, 1.0, 10.0], dtype=torch.float64)[:, None] * H.diagonal(dim1=1, dim2=2)
+    d = torch.linalg.solve(H + torch.diag_embed(damping), -g)
+    actual = (r0 * r0).sum(-1) - ((r0 + (J @ d[..., None]).squeeze(-1)) ** 2).sum(-1)  # linear residuals: exact
+    assert_close(_predicted_reduction(d, g, damping), actual, rtol=1e-10, atol=1e-12)
+
+
+def test_noisy_faces_from_the_mean_face_all_converge_within_20_iterations(ict_model):
+    """With the true gain ratio (the damping falls 3x per good step) and MINPACK's ftol test (a
+    rejected trial step that changes the cost by less than the tolerance, as predicted, ends the
+    fit), 128 synthetic faces (yaw up to 70 deg, 0.5 px noise) started from the mean face all
+    converge within 20 iterations; before both changes 115 of them did."""
+    from benchmarks.lm_speed import make_synthetic
+
+    data = make_synthetic(ict_model, 128)
+    r = fit_landmarks(ict_model, data.noisy, data.weights, options=FitOptions(max_iterations=20))
+    assert bool(r.converged.all()), f"{int((~r.converged).sum())} of 128 faces did not converge"
+    assert float(r.rmse.mean()) < 0.81 and float(r.rmse.max()) < 1.1  # px; the noise is 0.5 px per coordinate
