@@ -6,7 +6,7 @@ weights for every face, the coefficient block of the LM system is exactly
     A = s^2 (G - Jz^T Jz) + c I,    G = sum_l B_l^T B_l (shared),   Jz = [r3^T B_l]_l (68 x K)
 
 (``r3`` the third row of the face's rotation, ``c`` prior + Levenberg damping). The solver today
-forms A per face (from 9 shared Gram blocks) and factorises it (``cholesky_ex``, K = 153 for the
+forms A per face (from 6 shared Gram blocks) and factorises it (``cholesky_ex``, K = 153 for the
 default model). Here ``G = V diag(sigma) V^T`` is decomposed once, so the shared part is diagonal
 for every face and the Woodbury identity leaves one 68 x 68 Cholesky per face plus batched GEMMs.
 
