@@ -455,9 +455,18 @@ def _residual(X, R, s, t, prob: _Problem, opt: FitOptions):
     return r, w, x
 
 
-def _cost(r, w, coef, prob: _Problem):
-    data = (w * (r * r).sum(-1)).sum(-1)
-    return data + (prob.prior[_NP:] * coef * coef).sum(-1)
+def _cost(r, coef, prob: _Problem, opt: FitOptions):
+    """The objective (B,): ``sum_i w_i rho(|r_i|) + prior``, with ``rho(n) = n^2`` (l2) or Huber's
+    ``n^2`` up to ``delta`` and ``2 delta n - delta^2`` beyond (same value and slope at ``delta``).
+    Its gradient is ``2 J^T W_irls r`` with the IRLS weights of :func:`_residual`
+    (``w min(1, delta / n)``), the ``2 g`` of the normal equations; the IRLS-weighted Gauss-Newton
+    matrix is the curvature of the model (a majoriser of the Huber part)."""
+    n2 = (r * r).sum(-1)
+    if opt.robust == "huber":
+        d = opt.huber_delta
+        n = n2.sqrt()
+        n2 = torch.where(n <= d, n2, 2.0 * d * n - d * d)
+    return (prob.w * n2).sum(-1) + (prob.prior[_NP:] * coef * coef).sum(-1)
 
 
 def _pose_jacobian(prob: _Problem, X, x, R, s, t, out: torch.Tensor) -> None:
@@ -650,7 +659,7 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
     def evaluate(shape, expr, R, logs, t, vid):
         X = _points(shape, expr, prob, vid)
         r, wr, x = _residual(X, R, logs.exp(), t, prob, opt)
-        return X, r, wr, x, _cost(r, wr, coef_vec(shape, expr), prob)
+        return X, r, wr, x, _cost(r, coef_vec(shape, expr), prob, opt)
 
     if prob.contour:
         vid = _contour_assign(prob, shape, expr, R, logs.exp(), t, vid)
