@@ -141,6 +141,32 @@ def test_initial_pose_closed_form_recovers_rotation(ict_model):
     assert_close(t0, torch.full((5, 2), 100.0, dtype=torch.float64), atol=1e-6)
 
 
+def test_contour_2d_mode_recovers_faces_whose_jaw_targets_lie_on_the_outline(ict_model):
+    """Known answer for contour="2d": each jaw target is the projection of the model's outline
+    candidate (its side's list) nearest to where the fixed jaw vertex projects, at the true pose
+    (yaw -60..60). From the closed-form start on the mean face the 2D mode recovers pose and shape
+    (its sliding points land on those same candidates), while the fixed-vertex 3D mode cannot."""
+    from fitting.solver import JAW_LEFT, JAW_RIGHT
+
+    m = copy.deepcopy(ict_model).double()
+    B = 5
+    gt, R, ang, y = _synthetic(m, B, 12, 0, yaw_deg=60)
+    prob = _Problem(m, y, torch.ones(B, 68, dtype=torch.float64), FitOptions())
+    y2 = y.clone()
+    for cand, idx in ((m.contour_right, JAW_RIGHT), (m.contour_left, JAW_LEFT)):
+        pc = project(_points(gt.shape, gt.expr, prob, cand[None].expand(B, -1)), R, gt.scale, gt.translation)
+        ii = list(idx)
+        nearest = (y[:, ii, None, :] - pc[:, None]).pow(2).sum(-1).argmin(-1)  # (B, 8)
+        y2[:, ii] = torch.gather(pc, 1, nearest[..., None].expand(-1, -1, 2))
+    opts = dict(n_shape=12, fit_expression=False, shape_prior=1e-9, max_iterations=100, tolerance=1e-14)
+    res = fit_landmarks(m, y2, options=FitOptions(contour="2d", **opts))
+    assert float(res.rmse.max()) < 1e-6, res.rmse
+    assert float(torch.rad2deg(rotmat_to_angles(res.params.rotation) - ang).abs().max()) < 1e-4
+    assert_close(res.params.shape[:, :12], gt.shape[:, :12], atol=1e-3, rtol=0)
+    fixed = fit_landmarks(m, y2, options=FitOptions(contour="3d", **opts))
+    assert float(fixed.rmse.min()) > 1.0  # px (2-3 px): the fixed jaw vertices cannot follow the outline targets
+
+
 def test_contour_2d_mode_runs_and_is_finite(ict_model):
     gt, R, ang, y = _synthetic(ict_model, 3, 10, 0, yaw_deg=60, dtype=torch.float32)
     res = fit_landmarks(ict_model, y, options=FitOptions(contour="2d", max_iterations=10))
