@@ -622,8 +622,8 @@ def _predicted_reduction(delta: torch.Tensor, g: torch.Tensor, damping: torch.Te
     ``d^T H d = -g^T d - d^T diag(damping) d``, hence ``F - m(d) = d^T (damping * d - g)``.
     Where blendshape weights were fixed at a bound (:func:`_bound_pass`) or clipped to it the step
     is not that one and this is an approximation; the exact ``-2 g^T d - d^T H d`` (one more
-    batched product with the normal matrix) was tried and changed neither the accuracy nor the
-    convergence of ``benchmarks.lm_speed``'s faces.
+    batched product with the normal matrix) was tried on ``benchmarks.lm_speed``'s faces: RMSE
+    0.7993 px against 0.7992 at 5 iterations, 99.8 % converged against 100 % at 20 (session 6).
     """
     return (delta * (damping * delta - g)).sum(-1)
 
