@@ -711,7 +711,8 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
         if bounded and opt.bound_second_pass:
             z = _bound_pass(Lc, z, expr[:, :ke], prob.lo[:ke], prob.hi[:ke])
         delta = torch.linalg.solve_triangular(Lc.transpose(1, 2), z, upper=True).squeeze(-1)
-        delta = torch.where(ok[:, None] & torch.isfinite(delta), delta, torch.zeros_like(delta))
+        step_ok = ok & torch.isfinite(delta).all(-1)  # a failed solve is retried with more damping
+        delta = torch.where(step_ok[:, None], delta, torch.zeros_like(delta))
 
         # candidate
         n_shape = shape.clone()
@@ -745,7 +746,7 @@ def _fit(model: MorphableModel, y, w, init: Optional[FitParams], opt: FitOptions
         # MINPACK's ftol test: the model predicts, and the trial step shows, a relative change below
         # the tolerance; holds for a rejected step too (at its minimum a face's trial steps change the
         # cost by float rounding only, and waiting for one of them to be accepted costs iterations)
-        flat = (pred <= tol_cost) & (actual.abs() <= tol_cost) & ok
+        flat = (pred <= tol_cost) & (actual.abs() <= tol_cost) & step_ok
         cost = torch.where(accept, ncost, cost)
         # Nielsen's rule
         mu = torch.where(accept, mu * torch.clamp(1.0 - (2.0 * rho - 1.0) ** 3, min=1.0 / 3.0), mu * nu)
