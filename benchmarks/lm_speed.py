@@ -174,8 +174,8 @@ def weighted_rmse(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Te
 
 # --------------------------------------------------------------------------- FLOP model
 #: Blendshape weights per face whose step crosses a bound, for the bound-pass terms of the FLOP model
-#: and kernel timing: 7.2 on average in case (a) at 5 iterations (77 % of the face-iterations had one
-#: or more; 1.3 on average in case (b)), measured on this benchmark's faces in session 6.
+#: and kernel timing: 7.4 on average in case (a) at 5 iterations (78 % of the face-iterations had one
+#: or more; 3.7 and 61 % in case (b)), measured on this benchmark's faces in session 6.
 BOUND_CROSSINGS = 8
 
 
