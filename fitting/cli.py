@@ -31,7 +31,6 @@ from morphable.errors import InputError, MorphableError
 
 __all__ = ["register", "cmd_fit", "build_options", "example_inputs"]
 
-_REPO = Path(__file__).resolve().parent.parent
 
 _DESCRIPTION = """\
 Fit the morphable model to every face in the given photos: detect faces, regress the model
@@ -62,8 +61,8 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--example", action="store_true",
-                   help="also fit an example photo (scikit-image's public-domain astronaut, from the "
-                        "'examples' extra, or ../shared/data/faces68 when present)")
+                   help="also fit the example photo shipped with morphable (NASA's public-domain astronaut "
+                        "portrait, fitting/examples/astronaut.jpg)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout (progress goes to stderr)")
     p.add_argument("--no-lm", action="store_true", help="skip the Levenberg-Marquardt refinement (CNN output only)")
     p.add_argument("--iterations", type=_nonneg_int, default=None, metavar="N", help="LM iterations (default: the pipeline's)")
@@ -104,23 +103,13 @@ def _pos_int(s: str) -> int:
 
 # --------------------------------------------------------------------------- inputs
 def example_inputs() -> list:
-    """The ``--example`` work items: ``[(label, stem, source)]`` with an array or a path source."""
-    import numpy as np
+    """The ``--example`` work items: ``[(label, stem, source)]``: the photo shipped in the package."""
+    from .images import EXAMPLE_PHOTO as photo
 
-    from .images import list_images
-
-    try:
-        from skimage import data  # lazy: optional dependency (extra "examples")
-
-        return [("astronaut (scikit-image, public domain)", "astronaut", np.asarray(data.astronaut()))]
-    except Exception:
-        pass
-    for folder in (_REPO.parent / "shared/data/faces68", Path.cwd().parent / "shared/data/faces68",
-                   Path.cwd() / "shared/data/faces68"):
-        if folder.is_dir():
-            return [(str(p), p.stem, p) for p in list_images([folder])]
-    raise InputError("--example needs scikit-image (pip install 'morphable[examples]') or the "
-                     "../shared/data/faces68 folder next to the checkout")
+    if not photo.is_file():
+        raise InputError(f"{photo}: the bundled example photo is missing; reinstall morphable "
+                         "(the wheel's package data is incomplete)")
+    return [("astronaut (NASA, public domain)", "astronaut", photo)]
 
 
 def _work_items(args) -> list:

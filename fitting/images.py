@@ -29,13 +29,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from morphable.errors import InputError
 
-__all__ = ["load_image", "list_images", "max_pixels_limit", "IMAGE_EXTENSIONS", "MIN_SIDE", "DEFAULT_MAX_PIXELS"]
+__all__ = ["EXAMPLE_PHOTO", "load_image", "list_images", "max_pixels_limit", "IMAGE_EXTENSIONS", "MIN_SIDE", "DEFAULT_MAX_PIXELS"]
 
 #: Refuse images with more pixels than this unless raised (argument or ``$MORPHABLE_MAX_PIXELS``).
 DEFAULT_MAX_PIXELS = 100_000_000
 #: Smallest accepted image side in pixels: a face needs more than this to be fitted.
 MIN_SIDE = 16
 #: File name extensions (lower case) that :func:`list_images` picks up in folders.
+#: a face photo shipped with the package (NASA's public-domain astronaut portrait, 512x512 JPEG):
+#: what ``morphable fit --example`` fits
+EXAMPLE_PHOTO = Path(__file__).resolve().parent / "examples" / "astronaut.jpg"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, io.IOBase, np.ndarray, Image.Image]

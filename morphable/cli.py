@@ -29,7 +29,8 @@ _DESCRIPTION = """\
 3D morphable face models: inspect, convert and sample them (and, with the fitting package, fit
 them to photos).
 
-The default model is ICT-FaceKit (MIT), found in $MORPHABLE_ICT_DIR or ../shared/models/ict-facekit.
+The default model is ICT-FaceKit (MIT): its narrow and face regions ship inside the package; the
+head and full regions are read from $MORPHABLE_ICT_DIR or ../shared/models/ict-facekit.
 Other models: a BFM 2009 .mat, a BFM 2017/2019 .h5, a Surrey Face Model .bin, or a native .h5
 written by `morphable convert`.
 """

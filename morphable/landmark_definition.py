@@ -31,7 +31,7 @@ import torch
 from .geometry import project
 
 __all__ = ["IBUG68_MIRROR", "LandmarkSelection", "select_landmark_vertices", "mirror_vertices",
-           "REFINED_ICT_LANDMARKS", "read_landmark_file"]
+           "REFINED_ICT_LANDMARKS", "ICT_LANDMARKS_3D", "ICT_DEFINITIONS", "read_landmark_file"]
 
 
 def _mirror68() -> np.ndarray:
@@ -52,6 +52,12 @@ IBUG68_MIRROR = _mirror68()
 
 #: The re-selected landmark vertex ids of the default ICT-FaceKit model (file shipped in the package).
 REFINED_ICT_LANDMARKS = Path(__file__).resolve().parent / "data" / "ict_landmarks_68.json"
+#: The 3D-style definition (AFLW2000-3D / 300W-LP keypoints) registered from the Basel mean face
+#: (:mod:`morphable.registration`), vertex ids of the ``face`` region.
+ICT_LANDMARKS_3D = Path(__file__).resolve().parent / "data" / "ict_landmarks_68_3d.json"
+#: The named ICT-FaceKit landmark definitions shipped with the package (besides ``"upstream"``,
+#: the model file's own): name -> definition file.
+ICT_DEFINITIONS = {"refined": REFINED_ICT_LANDMARKS, "3d": ICT_LANDMARKS_3D}
 
 
 @dataclass

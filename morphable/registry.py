@@ -1,15 +1,20 @@
 """Finding and loading models by name or path, with a converted-once cache.
 
 ``load_model(None)`` / ``load_model("ict-facekit")`` gives the default model, ICT-FaceKit's
-narrow face region (6,706 vertices, ~15 cm wide, 100 identity + 53 expression components). Its
-folder is looked up, in order, in:
+narrow face region (6,706 vertices, ~15 cm wide, 100 identity + 53 expression components).
+
+The ``narrow`` and ``face`` regions come from the file shipped inside the package
+(:data:`morphable.default_model.PACKAGED_MODEL`): no download, no ``../shared``. The larger regions
+(``head``, ``full``) need the upstream ``FaceXModel`` folder, looked up, in order, in:
 
 1. ``$MORPHABLE_ICT_DIR`` (a ``FaceXModel`` folder or its parent);
 2. ``../shared/models/ict-facekit`` next to the checkout (``<repo>/../shared``);
 3. ``./shared/models/ict-facekit`` and ``../shared/models/ict-facekit`` from the working directory.
 
-The converted model is cached as a native ``.h5`` in ``$MORPHABLE_CACHE`` (default
-``~/.cache/morphable``), keyed by the source folder and its files' sizes and times.
+``load_model(..., packaged=False)`` skips the shipped file and converts the folder (how the
+shipped file is checked against its source). Converted or decompressed models are cached as
+uncompressed native ``.h5`` files in ``$MORPHABLE_CACHE`` (default ``~/.cache/morphable``), keyed by
+the source's files' sizes and times, so the second load of a session reads one flat file.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ _REPO = Path(__file__).resolve().parent.parent
 _MEMO: dict = {}
 
 ICT_HELP = (
-    "ICT-FaceKit (MIT) was not found. Download FaceXModel/ from github.com/ICT-VGL/ICT-FaceKit and set "
+    "ICT-FaceKit (MIT) was not found (the package ships only its 'narrow' and 'face' regions). Download FaceXModel/ from github.com/ICT-VGL/ICT-FaceKit and set "
     "MORPHABLE_ICT_DIR=/path/to/FaceXModel, or pass your own model file (BFM 2009 .mat, BFM 2017/2019 .h5, "
     "Surrey .bin, or a native .h5 from `morphable convert`)."
 )
@@ -60,27 +65,42 @@ def _fingerprint(folder: Path, extra: str) -> str:
 
 
 def load_model(name_or_path: Optional[str | os.PathLike] = None, *, region: str = "narrow",
-               cache: bool = True, landmarks: str = "refined") -> MorphableModel:
+               cache: bool = True, landmarks: str = "refined", packaged: bool = True) -> MorphableModel:
     """Load a morphable model.
 
     Args:
         name_or_path: ``None`` or ``"ict-facekit"`` for the default model; a path to an ICT-FaceKit
             folder, a native/BFM 2017-2019 ``.h5``, a BFM 2009 ``.mat`` or a Surrey ``.bin``.
         region: ICT-FaceKit region (``narrow``, ``face``, ``head``, ``full``).
-        cache: convert ICT folders once and keep the result in :func:`cache_dir`.
-        landmarks: for ICT-FaceKit, ``"refined"`` (default) = the 68 landmark vertices re-selected
-            on annotated photos (:mod:`morphable.landmark_definition`, the shipped
-            ``morphable/data/ict_landmarks_68.json``), ``"upstream"`` = ICT-FaceKit's own
-            ``vertex_indices.json`` ids. Other formats keep their file's landmarks.
+        cache: convert ICT folders (or decompress the shipped file) once and keep the result in
+            :func:`cache_dir`.
+        landmarks: for ICT-FaceKit, which 68 vertices are the iBUG landmarks
+            (:data:`morphable.landmark_definition.ICT_DEFINITIONS`): ``"3d"`` = the 3D-style
+            definition of AFLW2000-3D and 300W-LP, registered from the Basel mean face
+            (``morphable/data/ict_landmarks_68_3d.json``; needs the ``face`` region or larger);
+            ``"refined"`` = the points re-selected on 300-W-style annotated photos (the fixed
+            points of the 2D-contour definition, ``morphable/data/ict_landmarks_68.json``);
+            ``"upstream"`` = ICT-FaceKit's own ``vertex_indices.json`` ids. Other formats keep
+            their file's landmarks.
+        packaged: serve the default model's ``narrow``/``face`` regions from the file shipped in
+            the package (default); ``False`` converts the upstream folder instead.
 
     Raises:
         ModelNotFoundError: the model is nowhere to be found (the message says where to get it).
         ModelFormatError: the file exists but is not a model of a supported layout.
     """
-    from .formats.ict import load_ict
-    from .formats.native import load_native, save_native
+    from .default_model import PACKAGED_MODEL
+    from .formats.ict import REGIONS, load_ict
 
+    from .landmark_definition import ICT_DEFINITIONS
+
+    if landmarks not in ICT_DEFINITIONS and landmarks != "upstream":
+        raise ModelFormatError(f"landmarks must be one of {sorted(ICT_DEFINITIONS) + ['upstream']}, got {landmarks!r}")
     if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        if region not in REGIONS:
+            raise ModelFormatError(f"unknown ICT region {region!r}; choose one of {sorted(REGIONS)}")
+        if packaged and region in ("narrow", "face") and PACKAGED_MODEL.is_file():
+            return _packaged(region, landmarks, cache)
         folder = find_ict()
     else:
         p = Path(name_or_path)
@@ -90,42 +110,77 @@ def load_model(name_or_path: Optional[str | os.PathLike] = None, *, region: str 
             folder = p
         else:
             return load_model_file(p)
-    if landmarks not in ("refined", "upstream"):
-        raise ModelFormatError(f"landmarks must be 'refined' or 'upstream', got {landmarks!r}")
     key = (str(folder.resolve()), region, landmarks)
     if key in _MEMO:
         return _MEMO[key]
     base = (str(folder.resolve()), region, "upstream")
-    if landmarks == "refined" and base in _MEMO:  # the same tensors, another landmark definition
-        _MEMO[key] = _refined(_MEMO[base])
+    if landmarks != "upstream" and base in _MEMO:  # the same tensors, another landmark definition
+        _MEMO[key] = _defined(_MEMO[base], landmarks)
         return _MEMO[key]
-    model = None
-    if cache:
-        from .formats.ict import FRAME_PITCH_DEG
+    from .formats.ict import FRAME_PITCH_DEG
 
-        cp = cache_dir() / f"ict-{region}-{_fingerprint(folder, f'{region}:pitch{FRAME_PITCH_DEG}')}.h5"
-        if cp.is_file():
-            try:
-                model = load_native(cp)
-            except ModelFormatError:
-                model = None
-    if model is None:
-        model = load_ict(folder, region=region)
-        if cache:
-            try:
-                save_native(model, cp)
-            except OSError:
-                pass  # a read-only cache is not an error
+    cp = cache_dir() / f"ict-{region}-{_fingerprint(folder, f'{region}:pitch{FRAME_PITCH_DEG}')}.h5"
+    model = _through_cache(cp if cache else None, lambda: load_ict(folder, region=region))
     _MEMO[base] = model
-    if landmarks == "refined":
-        model = _MEMO[key] = _refined(model)
+    if landmarks != "upstream":
+        model = _MEMO[key] = _defined(model, landmarks)
     return model
 
 
-def _refined(model: MorphableModel) -> MorphableModel:
-    from .landmark_definition import REFINED_ICT_LANDMARKS, read_landmark_file
+def _through_cache(path: Optional[Path], build) -> MorphableModel:
+    """The model cached at ``path`` (an uncompressed native file), else ``build()``, then cached there.
 
-    return model.with_landmarks(read_landmark_file(REFINED_ICT_LANDMARKS, model.n_vertices), definition="refined")
+    ``path=None`` bypasses the cache. An unreadable cache file is rebuilt; a read-only cache is not
+    an error.
+    """
+    from .formats.native import load_native, save_native
+
+    if path is not None and path.is_file():
+        try:
+            return load_native(path)
+        except ModelFormatError:
+            pass
+    model = build()
+    if path is not None:
+        try:
+            save_native(model, path)
+        except OSError:
+            pass
+    return model
+
+
+def _packaged(region: str, landmarks: str, cache: bool) -> MorphableModel:
+    """The default model's ``region`` from the shipped compact file (decompressed once into the cache)."""
+    from .default_model import PACKAGED_MODEL, PACKAGED_REGION
+    from .formats.ict import crop_region
+    from .formats.native import load_native
+
+    key = ("packaged", region, landmarks)
+    if key in _MEMO:
+        return _MEMO[key]
+    base_key = ("packaged", PACKAGED_REGION, "upstream")
+    full = _MEMO.get(base_key)
+    if full is None:
+        st = PACKAGED_MODEL.stat()
+        cp = cache_dir() / f"packaged-{PACKAGED_MODEL.stem}-{st.st_size}-{int(st.st_mtime)}.h5"
+        full = _MEMO[base_key] = _through_cache(cp if cache else None, lambda: load_native(PACKAGED_MODEL))
+    model = crop_region(full, region)
+    if landmarks != "upstream":
+        model = _defined(model, landmarks)
+    _MEMO[key] = model
+    return model
+
+
+def _defined(model: MorphableModel, name: str) -> MorphableModel:
+    """``model`` with the shipped ICT-FaceKit landmark definition ``name``."""
+    from .landmark_definition import ICT_DEFINITIONS, read_landmark_file
+
+    try:
+        ids = read_landmark_file(ICT_DEFINITIONS[name], model.n_vertices)
+    except ModelFormatError as e:
+        raise ModelFormatError(f"landmarks={name!r} does not fit the {model.n_vertices}-vertex {model.name}: {e} "
+                               "(the 3D-style jaw lies outside the 'narrow' region: use region='face')") from None
+    return model.with_landmarks(ids, definition=name)
 
 
 def load_model_file(path: Path) -> MorphableModel:

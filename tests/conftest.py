@@ -1,4 +1,10 @@
-"""Shared test fixtures: the ../shared folder, the default model, tolerances."""
+"""Shared test fixtures: the ../shared folder, the default model, tolerances.
+
+Tests that read real files from ``../shared`` skip, saying why, when it is absent (a user's clone).
+CI sets ``MORPHABLE_REQUIRE_SHARED=1``: there such a skip is a failure, so a data test can never
+silently stop running.
+"""
+import os
 from pathlib import Path
 
 import pytest
@@ -7,10 +13,22 @@ import torch
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 
 
+def shared_required() -> bool:
+    """True where ``../shared`` must be present (CI): data skips become failures."""
+    return os.environ.get("MORPHABLE_REQUIRE_SHARED", "") not in ("", "0")
+
+
+def skip_without_shared(reason: str):
+    """Skip for a missing piece of ``../shared`` (``reason`` names it), or fail where it is required."""
+    if shared_required():
+        pytest.fail(f"{reason}, but MORPHABLE_REQUIRE_SHARED is set (CI): ../shared must be complete")
+    pytest.skip(reason)
+
+
 def need_shared(sub: str = "") -> Path:
     p = SHARED / sub
     if not p.exists():
-        pytest.skip(f"{p} is absent: these tests read real files from ../shared next to the checkout")
+        skip_without_shared(f"{p} is absent: these tests read real files from ../shared next to the checkout")
     return p
 
 
@@ -21,7 +39,7 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def ict_model():
-    need_shared("models/ict-facekit")
+    """The default model as users get it: the file shipped in the package (no ../shared needed)."""
     from morphable.registry import load_model
 
     return load_model()

@@ -184,11 +184,14 @@ def test_no_inputs_and_bad_out(tmp_path, fake_pipeline, capsys):
     assert "missing.jpg: no such file" in capsys.readouterr().err
 
 
-def test_example_inputs(shared):
+def test_example_inputs():
+    """--example needs nothing outside the package: the shipped photo, readable, a 512x512 colour image."""
     from fitting.cli import example_inputs
+    from fitting.images import EXAMPLE_PHOTO, load_image
 
-    items = example_inputs()
-    assert items and all(len(it) == 3 for it in items)
+    ((label, stem, src),) = example_inputs()
+    assert stem == "astronaut" and "public domain" in label and src == EXAMPLE_PHOTO
+    assert load_image(src).shape == (512, 512, 3)
 
 
 def test_setup_error_is_fatal_once(folder, tmp_path, fake_pipeline, monkeypatch, capsys):

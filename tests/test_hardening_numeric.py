@@ -10,6 +10,7 @@ import torch
 
 from fitting.solver import FitOptions, fit_landmarks
 from morphable.errors import InputError
+from tests.conftest import skip_without_shared
 from tests.corruption import good_landmarks, save_tiny_regressor
 
 OPT = FitOptions(max_iterations=5)
@@ -160,7 +161,7 @@ def test_fit_crops_with_boxes_off_the_image(tiny_weights, faces):
 
     photos = face_photos()
     if not photos:
-        pytest.skip("needs ../shared/data/faces68")
+        skip_without_shared("needs ../shared/data/faces68")
     f = Fitter(FitConfig(weights=str(tiny_weights), iterations=3))
     img = load_image(photos[0])
     g = good_landmarks(None, 0)

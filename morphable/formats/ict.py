@@ -15,6 +15,7 @@ point clouds; only ``v``/``vt``/``f`` lines are read, keeping the upstream verte
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -189,3 +190,35 @@ def load_ict(folder: str | os.PathLike, region: str = "face", n_shape: int | Non
                           shape_std=np.ones(S.shape[-1]), expr_std=np.ones(Ke),
                           expr_lower=np.zeros(Ke), expr_upper=np.ones(Ke),
                           contour_right=cr, contour_left=cl, uv=uv)
+
+
+def crop_region(model: MorphableModel, region: str) -> MorphableModel:
+    """The ``region`` of an ICT-FaceKit model that holds a larger region (regions are vertex prefixes).
+
+    Keeps vertices ``0..REGIONS[region]-1``, the triangles whose three corners are among them, the
+    contour candidates among them and their UVs; every value is copied unchanged.
+
+    Args:
+        model: an ICT-FaceKit model of ``REGIONS[region]`` or more vertices (e.g. the packaged ``face``).
+        region: ``"narrow"``, ``"face"`` or ``"head"``.
+
+    Raises:
+        ModelFormatError: unknown region, a model smaller than the region, or landmarks outside it.
+    """
+    if region not in REGIONS or region == "full":
+        raise ModelFormatError(f"unknown ICT region {region!r}; choose one of {sorted(k for k in REGIONS if k != 'full')}")
+    N = REGIONS[region]
+    if model.n_vertices < N:
+        raise ModelFormatError(f"{model.name} has {model.n_vertices} vertices, region {region!r} needs {N}: "
+                               "load the upstream ICT-FaceKit folder (MORPHABLE_ICT_DIR) for it")
+    if model.n_vertices == N:
+        return model
+    if int(model.landmarks.max()) >= N:
+        raise ModelFormatError(f"region {region!r} does not contain all 68 landmark vertices")
+    tri = model.triangles[(model.triangles < N).all(1)]
+    cr, cl = model.contour_right, model.contour_left
+    info = dataclasses.replace(model.info, name=f"ict-facekit-{region}")
+    return MorphableModel(model.mean[:N], model.shape_basis[:N], model.expr_basis[:N], tri, model.landmarks, info,
+                          shape_std=model.shape_std, expr_std=model.expr_std, expr_lower=model.expr_lower,
+                          expr_upper=model.expr_upper, contour_right=cr[cr < N], contour_left=cl[cl < N],
+                          uv=model.uv[:N] if model.uv.numel() else None)

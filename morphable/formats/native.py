@@ -20,12 +20,23 @@ from ..model import ModelInfo, MorphableModel
 
 FORMAT = "morphable-model"
 FORMAT_VERSION = 1
+#: decimals (mm) kept by the compact storage of the bases: 1e-4 mm = 0.1 um per entry at most
+COMPACT_DECIMALS = 4
+_BASES = ("shape_basis", "expr_basis")
 _BUFFERS = ("mean", "shape_basis", "expr_basis", "shape_std", "expr_std", "expr_lower", "expr_upper",
             "triangles", "landmarks", "contour_right", "contour_left", "uv")
 
 
-def save_native(model: MorphableModel, path: str | os.PathLike) -> Path:
-    """Write ``model`` to ``path`` (.h5) atomically (temp file, then rename). Returns the path."""
+def save_native(model: MorphableModel, path: str | os.PathLike, *, compact: bool = False,
+                extra_attrs: dict | None = None) -> Path:
+    """Write ``model`` to ``path`` (.h5) atomically (temp file, then rename). Returns the path.
+
+    Args:
+        compact: store the bases with the scale-offset filter (:data:`COMPACT_DECIMALS` decimals of
+            a mm) and gzip, every other buffer gzip-compressed and exact; ``False`` (default) writes
+            everything uncompressed and exact (fastest to read: the load cache).
+        extra_attrs: more string attributes for the file's root (e.g. a licence notice).
+    """
     import h5py
 
     path = Path(path)
@@ -41,8 +52,17 @@ def save_native(model: MorphableModel, path: str | os.PathLike) -> Path:
             f.attrs["expression_names"] = json.dumps(list(i.expression_names))
             f.attrs["landmark_definition"] = str(getattr(i, "landmark_definition", "upstream"))
             f.attrs["frame_rotation"] = json.dumps(np.asarray(i.frame_rotation, dtype=np.float64).tolist())
+            for k, v in (extra_attrs or {}).items():
+                f.attrs[k] = str(v)
             for b in _BUFFERS:
-                f.create_dataset(b, data=getattr(model, b).detach().cpu().numpy())
+                a = getattr(model, b).detach().cpu().numpy()
+                if not compact or a.size == 0:
+                    f.create_dataset(b, data=a)
+                elif b in _BASES:
+                    f.create_dataset(b, data=a.astype(np.float32), chunks=(min(1024, a.shape[0]),) + a.shape[1:],
+                                     scaleoffset=COMPACT_DECIMALS, compression="gzip")
+                else:
+                    f.create_dataset(b, data=a, compression="gzip", shuffle=True)
         os.replace(tmp, path)
     finally:  # a failed write (disk full, interrupted) leaves no half file behind
         if tmp.exists():
