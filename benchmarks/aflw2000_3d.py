@@ -268,7 +268,13 @@ def load_predictions(path: Path | str, n: int, n_full: int | None = None, one_ba
 
 
 def evaluate(dataset: P.Dataset, pred: Predictions) -> tuple[dict, P.Scores]:
-    """Score ``pred`` on ``dataset`` -> (JSON-ready result dict, :class:`protocol.Scores`)."""
+    """Score ``pred`` on ``dataset`` -> (JSON-ready result dict, :class:`protocol.Scores`).
+
+    Besides the published metrics the dict holds two diagnostics (percent of face size, see
+    :data:`protocol.SIGNED_ERRORS_NOTE`): ``region_errors_2d`` (region of
+    :data:`protocol.DIAGNOSTIC_REGIONS` -> NME and signed x / y error, predicted - GT, by yaw bin
+    and balanced) and ``point_errors_2d`` (the same per point: lists of 68 values).
+    """
     s = P.score(dataset, pred.landmarks, pred.rotation)
     result = {
         "method": pred.method,
@@ -277,6 +283,9 @@ def evaluate(dataset: P.Dataset, pred: Predictions) -> tuple[dict, P.Scores]:
         "nme_2d": s.summary_2d.to_json(),
         "nme_3d": s.summary_3d.to_json() if s.summary_3d is not None else None,
         "nme_2d_by_region": {k: v.to_json() for k, v in s.regions_2d.items()},
+        # diagnostics (protocol.signed_errors): signed and unsigned errors per region and per point
+        "region_errors_2d": {k: v.to_json() for k, v in s.points_2d.regions().items()},
+        "point_errors_2d": s.points_2d.to_json(),
         "pose_mae": s.pose.to_json() if s.pose is not None else None,
         "protocol": P.PROTOCOL,
         "crop_box": "morphable.crop.box_from_landmarks(GT x,y), unclipped",

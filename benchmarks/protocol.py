@@ -22,6 +22,11 @@ Everything that decides a number lives here, once:
   the predicted rotation through :func:`morphable.geometry.rotmat_to_angles`, the inverse of the
   GT's construction. Also the median geodesic angle between predicted and GT rotations, which
   needs no Euler convention.
+* **Diagnostics** (not published metrics): per-point and per-region errors in percent of the same
+  face size ``sqrt(w * h)``, unsigned (point NME) and signed (predicted - GT, x and y separately,
+  image frame: x right, y down), each summarised by yaw bin and balanced like the NME
+  (:func:`signed_errors`, :data:`DIAGNOSTIC_REGIONS`). A constant offset of a group of points,
+  e.g. a landmark-definition difference, shows as a signed error; noise averages out of it.
 """
 from __future__ import annotations
 
@@ -57,6 +62,12 @@ __all__ = [
     "nme_3d",
     "REGIONS",
     "nme_2d_by_region",
+    "DIAGNOSTIC_REGIONS",
+    "SIGNED_ERRORS_NOTE",
+    "RegionErrors",
+    "PointErrors",
+    "point_errors",
+    "signed_errors",
     "bin_means",
     "geodesic_deg",
     "pose_mae",
@@ -79,6 +90,25 @@ REGIONS: dict[str, tuple[int, ...]] = {
     "jaw": tuple(range(0, 17)), "brows": tuple(range(17, 27)), "nose": tuple(range(27, 36)),
     "eyes": tuple(range(36, 48)), "mouth": tuple(range(48, 68)),
 }
+
+#: iBUG-68 regions (0-based point ids) of the per-region signed-error diagnostics: :data:`REGIONS`
+#: with the mouth split into the outer (48-59) and inner (60-67) lip contours. They partition the
+#: 68 points.
+DIAGNOSTIC_REGIONS: dict[str, tuple[int, ...]] = {
+    "jaw": tuple(range(0, 17)), "brows": tuple(range(17, 27)), "nose": tuple(range(27, 36)),
+    "eyes": tuple(range(36, 48)), "outer_lips": tuple(range(48, 60)), "inner_lips": tuple(range(60, 68)),
+}
+
+#: What the per-point / per-region diagnostics are; stored in the JSON beside them.
+SIGNED_ERRORS_NOTE = (
+    "Per-point 2D errors in % of face size sqrt(w*h) of the image's GT landmark bbox (the NME normaliser). "
+    "signed_x, signed_y = predicted - GT in the image frame (x right, y down: signed_y > 0 = prediction "
+    "below GT); nme = Euclidean point error. Each is averaged over the images of each |yaw| bin; "
+    "'mean' = unweighted mean of the non-empty bin means (balanced, as the NME), 'all' = mean over images. "
+    "A region's value is the mean of its points' values; opposite offsets inside a region cancel in its "
+    "signed mean (e.g. a jaw too wide in x, or upper and lower lip moving apart), so read the per-point "
+    "values too."
+)
 
 #: One paragraph that states the protocol; printed with every table and stored in the JSON.
 PROTOCOL = (
@@ -297,6 +327,39 @@ def nme_2d_by_region(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
     return {k: e[:, list(ids)].mean(-1) for k, ids in REGIONS.items()}
 
 
+def point_errors(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image, per-point 2D errors in percent of face size (the :func:`nme_2d` normaliser).
+
+    Args:
+        pred: (N, 68, >=2) predicted image pixels (only x, y used), same frame as ``gt``.
+        gt: (N, 68, >=2) GT image pixels.
+
+    Returns:
+        ``(signed, dist)``: signed (N, 68, 2) = ``(pred - gt)[x, y] / sqrt(w * h) * 100`` with w, h
+        of each image's GT x,y bbox, in the image frame (x right, y down); dist (N, 68) = its
+        Euclidean norm, so ``dist.mean(-1) == nme_2d(pred, gt)``.
+    """
+    p, g = np.asarray(pred, np.float64)[..., :2], np.asarray(gt, np.float64)[..., :2]
+    signed = (p - g) / _norm(g)[:, None, None] * 100.0
+    return signed, np.linalg.norm(signed, axis=-1)
+
+
+def _bin_stats(values: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Summarise per-image values (N, ...) by bin index (N,) -> (per-bin means (3, ...) with NaN for an
+    empty bin, balanced mean over the non-empty bins (...), mean over all images (...), counts (3,))."""
+    v, b = np.asarray(values, np.float64), np.asarray(bins)
+    counts = np.array([int((b == i).sum()) for i in range(len(YAW_BINS))])
+    per = np.full((len(YAW_BINS),) + v.shape[1:], np.nan)
+    for i in range(len(YAW_BINS)):
+        if counts[i]:
+            per[i] = v[b == i].mean(0)
+    present = counts > 0
+    nan = np.full(v.shape[1:], np.nan)
+    balanced = per[present].mean(0) if present.any() else nan
+    overall = v.mean(0) if v.shape[0] else nan
+    return per, balanced, overall, counts
+
+
 @dataclass
 class BinnedNME:
     """NME (percent) summarised by |yaw| bin.
@@ -331,6 +394,121 @@ def bin_means(values: np.ndarray, bins: np.ndarray) -> BinnedNME:
         all=float(v.mean()) if v.size else math.nan,
         counts={k: int((b == i).sum()) for i, k in enumerate(YAW_BINS)},
     )
+
+
+def _binned(per: np.ndarray, balanced: float, overall: float, counts: dict[str, int]) -> BinnedNME:
+    return BinnedNME(bins={k: float(per[i]) for i, k in enumerate(YAW_BINS)}, mean=float(balanced),
+                     all=float(overall), counts=dict(counts))
+
+
+@dataclass
+class RegionErrors:
+    """2D errors of one region (percent of face size), each a :class:`BinnedNME` summary by |yaw| bin
+    (balanced ``mean``, ``all``); see :data:`SIGNED_ERRORS_NOTE`.
+
+    Attributes:
+        points: the region's 0-based iBUG point ids.
+        nme: mean Euclidean point error (the region NME of :func:`nme_2d_by_region`).
+        signed_x: mean signed x error, predicted - GT (> 0: prediction right of GT).
+        signed_y: mean signed y error, predicted - GT (> 0: prediction below GT; y down).
+    """
+
+    points: tuple[int, ...]
+    nme: BinnedNME
+    signed_x: BinnedNME
+    signed_y: BinnedNME
+
+    def to_json(self) -> dict:
+        """``{"points": "lo-hi", "nme", "signed_x", "signed_y"}`` (each as :meth:`BinnedNME.to_json`)."""
+        return {"points": f"{self.points[0]}-{self.points[-1]}", "nme": self.nme.to_json(),
+                "signed_x": self.signed_x.to_json(), "signed_y": self.signed_y.to_json()}
+
+
+@dataclass
+class PointErrors:
+    """Per-point 2D errors of a set of predictions, summarised by |yaw| bin (percent of face size;
+    see :data:`SIGNED_ERRORS_NOTE`). Bin axes follow :data:`YAW_BINS`; an empty bin is NaN and is
+    left out of the balanced mean.
+
+    Attributes:
+        signed_bins: (3, 68, 2) per-bin mean signed error [x, y], predicted - GT, image frame (y down).
+        signed_mean: (68, 2) balanced: mean of the non-empty bins of ``signed_bins``.
+        signed_all: (68, 2) mean over all images.
+        nme_bins: (3, 68) per-bin mean Euclidean error of each point.
+        nme_mean: (68,) balanced.
+        nme_all: (68,) mean over all images.
+        counts: bin key -> number of images.
+    """
+
+    signed_bins: np.ndarray
+    signed_mean: np.ndarray
+    signed_all: np.ndarray
+    nme_bins: np.ndarray
+    nme_mean: np.ndarray
+    nme_all: np.ndarray
+    counts: dict[str, int]
+
+    def region(self, ids: tuple[int, ...] | list[int]) -> RegionErrors:
+        """Errors of the points ``ids`` (0-based): every summary is the mean of the points' summaries
+        (equal to summarising each image's mean over ``ids``, since every image has all 68 points)."""
+        ids = tuple(int(i) for i in ids)
+        j = list(ids)
+        sb, nb = self.signed_bins[:, j].mean(1), self.nme_bins[:, j].mean(1)  # (3, 2), (3,)
+        sm, sa = self.signed_mean[j].mean(0), self.signed_all[j].mean(0)  # (2,), (2,)
+        return RegionErrors(
+            points=ids,
+            nme=_binned(nb, self.nme_mean[j].mean(), self.nme_all[j].mean(), self.counts),
+            signed_x=_binned(sb[:, 0], sm[0], sa[0], self.counts),
+            signed_y=_binned(sb[:, 1], sm[1], sa[1], self.counts),
+        )
+
+    def regions(self, regions: dict[str, tuple[int, ...]] | None = None) -> dict[str, RegionErrors]:
+        """:meth:`region` of each entry of ``regions`` (default :data:`DIAGNOSTIC_REGIONS`), in order."""
+        return {k: self.region(ids) for k, ids in (DIAGNOSTIC_REGIONS if regions is None else regions).items()}
+
+    def to_json(self) -> dict:
+        """``{"definition", "counts", "signed_x", "signed_y", "nme"}``; each of the last three maps
+        ``"0-30"``, ``"30-60"``, ``"60-90"``, ``"mean"`` (balanced), ``"all"`` to a list of 68 values
+        (point id order; null for an empty bin)."""
+
+        def lists(per: np.ndarray, bal: np.ndarray, overall: np.ndarray) -> dict:
+            out = {k: [_json_float(float(x)) for x in per[i]] for i, k in enumerate(YAW_BINS)}
+            out["mean"] = [_json_float(float(x)) for x in bal]
+            out["all"] = [_json_float(float(x)) for x in overall]
+            return out
+
+        return {
+            "definition": SIGNED_ERRORS_NOTE,
+            "counts": dict(self.counts),
+            "signed_x": lists(self.signed_bins[..., 0], self.signed_mean[:, 0], self.signed_all[:, 0]),
+            "signed_y": lists(self.signed_bins[..., 1], self.signed_mean[:, 1], self.signed_all[:, 1]),
+            "nme": lists(self.nme_bins, self.nme_mean, self.nme_all),
+        }
+
+
+def signed_errors(pred: np.ndarray, gt: np.ndarray, yaw_deg: np.ndarray) -> PointErrors:
+    """Per-point signed and unsigned 2D errors summarised by |yaw| bin (a diagnostic, not a
+    published metric).
+
+    Args:
+        pred: (N, 68, >=2) predicted image pixels (only x, y used), same frame as ``gt``.
+        gt: (N, 68, >=2) GT image pixels.
+        yaw_deg: (N,) GT yaw in degrees (binned by :func:`yaw_bin`).
+
+    Returns:
+        :class:`PointErrors` in percent of face size ``sqrt(w * h)`` of each image's GT bbox: signed
+        (predicted - GT, x and y, image frame with y down) and Euclidean, per yaw bin, balanced
+        (unweighted mean of the non-empty bin means) and over all images. Per-region values:
+        ``.regions()``.
+    """
+    signed, dist = point_errors(pred, gt)
+    bins = yaw_bin(yaw_deg)
+    if bins.shape != (signed.shape[0],):
+        raise InputError(f"yaw_deg has shape {bins.shape}; expected ({signed.shape[0]},), one per image")
+    sb, sm, sa, counts = _bin_stats(signed, bins)
+    nb, nm, na, _ = _bin_stats(dist, bins)
+    return PointErrors(signed_bins=sb, signed_mean=sm, signed_all=sa, nme_bins=nb, nme_mean=nm, nme_all=na,
+                       counts={k: int(counts[i]) for i, k in enumerate(YAW_BINS)})
 
 
 def geodesic_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
@@ -452,6 +630,8 @@ class Scores:
         pose_err: (N, 3) signed angle error (predicted - GT) [pitch, yaw, roll] degrees, or None.
         geodesic: (N,) geodesic error degrees, or None.
         regions_2d: region name -> :class:`BinnedNME` of :func:`nme_2d_by_region` (diagnostic).
+        points_2d: :class:`PointErrors` of :func:`signed_errors` (diagnostic: per-point signed and
+            unsigned errors; per-region ones through ``points_2d.regions()``).
     """
 
     names: list[str]
@@ -465,6 +645,7 @@ class Scores:
     pose_err: np.ndarray | None = field(default=None, repr=False)
     geodesic: np.ndarray | None = field(default=None, repr=False)
     regions_2d: dict[str, BinnedNME] = field(default_factory=dict, repr=False)
+    points_2d: PointErrors | None = field(default=None, repr=False)
 
     def per_image(self) -> list[dict]:
         """One JSON-ready record per image: name, yaw, bin, NMEs, pose errors where known."""
@@ -508,6 +689,7 @@ def score(dataset: Dataset, landmarks: np.ndarray, rotations: np.ndarray | None 
         summary_2d=bin_means(e2, bins), summary_3d=bin_means(e3, bins) if e3 is not None else None,
         pose=pose, pose_err=err, geodesic=geo,
         regions_2d={k: bin_means(v, bins) for k, v in nme_2d_by_region(lm, dataset.landmarks).items()},
+        points_2d=signed_errors(lm, dataset.landmarks, dataset.yaw_deg),
     )
 
 

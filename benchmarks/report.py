@@ -17,7 +17,7 @@ from morphable.crop import CropBox, crop_image, to_crop
 
 from . import protocol as P
 
-__all__ = ["Anchor", "NME_ANCHORS", "POSE_ANCHORS", "markdown", "save_plots", "plot_ced", "plot_worst"]
+__all__ = ["Anchor", "NME_ANCHORS", "POSE_ANCHORS", "markdown", "region_lines", "save_plots", "plot_ced", "plot_worst"]
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,51 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _fs(v: float | None, nd: int = 2) -> str:
+    """A signed value with its sign always shown, or "–"."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:+.{nd}f}"
+
+
+#: How many points :func:`region_lines` lists by the size of their balanced signed error.
+N_BIASED_POINTS = 8
+
+
+def region_lines(regions: dict, points: dict | None = None) -> list[str]:
+    """Markdown lines of the per-region diagnostics table: NME (%) by |yaw| bin, balanced and over all
+    images, beside the balanced signed x / y error (predicted - GT, % of face size, y down), then one
+    line naming the :data:`N_BIASED_POINTS` points with the largest balanced signed error.
+
+    Args:
+        regions: ``result["region_errors_2d"]``: region -> :meth:`protocol.RegionErrors.to_json`.
+        points: ``result["point_errors_2d"]`` (:meth:`protocol.PointErrors.to_json`) or None.
+    """
+    lines = ["", "### Where the 2D error is: NME and signed error (%) by face region (diagnostic)", "",
+             "Same normaliser as the NME (sqrt(w*h) of the GT landmark box). Signed = predicted − GT, image frame "
+             "(x right, y down: signed y > 0 = prediction below GT), averaged per |yaw| bin and balanced over "
+             "the 3 bins like the NME; opposite offsets inside a region cancel in its signed mean.", "",
+             _row(["region", "points", "NME [0,30]", "NME (30,60]", "NME >60", "NME mean (balanced)", "NME all images",
+                   "signed x (balanced)", "signed y (balanced)"]),
+             _row(["---"] * 9)]
+    for k, v in regions.items():
+        n = v["nme"]
+        lines.append(_row([k.replace("_", " "), v["points"], *(_f(n[b]) for b in P.YAW_BINS), _f(n["mean"]),
+                           _f(n["all"]), _fs(v["signed_x"]["mean"]), _fs(v["signed_y"]["mean"])]))
+    if points:
+        sx, sy = points["signed_x"]["mean"], points["signed_y"]["mean"]
+        ok = [i for i in range(len(sx)) if sx[i] is not None and sy[i] is not None]
+        top = sorted(ok, key=lambda i: -math.hypot(sx[i], sy[i]))[:N_BIASED_POINTS]
+        if top:
+            lines += ["", "Largest balanced signed errors per point (0-based iBUG id: x, y; all 68 in the JSON "
+                          "`point_errors_2d`): " + "; ".join(f"{i}: {_fs(sx[i])}, {_fs(sy[i])}" for i in top)]
+    return lines
+
+
 def markdown(result: dict) -> str:
     """Render a result dict (as written by ``--out``) as Markdown: protocol line, NME table with
-    anchors, pose table with anchors, per-face timings."""
+    anchors, per-region NME and signed-error table (:func:`region_lines`), pose table with anchors,
+    per-face timings."""
     n = result["n_images"]
     me = f"**{result['method']}**"
     nm = result["nme_2d"]
@@ -105,7 +147,9 @@ def markdown(result: dict) -> str:
         lines.append(_row([me + ", 3D (z offset removed)", n, *(_f(n3[k]) for k in P.YAW_BINS), _f(n3["mean"]),
                            _f(n3["all"]), "this run"]))
     reg = result.get("nme_2d_by_region") or {}
-    if reg:
+    if result.get("region_errors_2d"):
+        lines += region_lines(result["region_errors_2d"], result.get("point_errors_2d"))
+    elif reg:  # a result file written before the signed-error diagnostics
         lines += ["", "### Where the 2D error is: NME (%) by face region (same normalisation; diagnostic)", "",
                   _row(["region", "points", "[0,30]", "(30,60]", ">60", "mean (balanced)", "all images"]),
                   _row(["---"] * 7)]

@@ -136,6 +136,118 @@ def test_yaw_bins_edges_and_balanced_mean():
     assert b.counts == {"0-30": 2, "30-60": 1, "60-90": 3}
 
 
+
+# ---------------------------------------------------------------- signed-error diagnostics
+
+def _face20(n: int = 1) -> np.ndarray:
+    """(n, 68, 2) GT with bbox 40 x 10 px -> sqrt(w h) = 20 px; point 67 sits on the box corner."""
+    gt = np.zeros((n, 68, 2))
+    gt[:, :, 0] = np.linspace(0, 40, 68)
+    gt[:, :, 1] = np.linspace(0, 10, 68) ** 2 / 10
+    return gt
+
+
+def test_signed_errors_lip_shift_hand_computed():
+    """Lips (48-67) moved by (+1, -2) px on a 20 px face, one image per yaw bin (different
+    positions): outer and inner lips (+5, -10) % exactly, every other region and point 0; point NME
+    sqrt(1 + 4) / 20 * 100 on the lips. Point 67 moves off the GT box, so a normaliser taken from
+    the prediction's box would show."""
+    gt = _face20(3) + np.array([[[0.0, 0.0]], [[100.0, 7.0]], [[-3.0, 250.0]]])
+    pred = gt.copy()
+    pred[:, 48:68] += [1.0, -2.0]
+    pe = P.signed_errors(pred, gt, np.array([5.0, -45.0, 80.0]))
+    assert pe.counts == {"0-30": 1, "30-60": 1, "60-90": 1}
+    reg = pe.regions()
+    assert list(reg) == ["jaw", "brows", "nose", "eyes", "outer_lips", "inner_lips"]
+    for k in ("outer_lips", "inner_lips"):
+        for summary, want in ((reg[k].signed_x, 5.0), (reg[k].signed_y, -10.0), (reg[k].nme, math.sqrt(5.0) * 5.0)):
+            assert summary.mean == pytest.approx(want, rel=1e-12) and summary.all == pytest.approx(want, rel=1e-12)
+            assert all(v == pytest.approx(want, rel=1e-12) for v in summary.bins.values())
+    for k in ("jaw", "brows", "nose", "eyes"):
+        assert reg[k].signed_x.mean == 0.0 and reg[k].signed_y.mean == 0.0 and reg[k].nme.mean == 0.0
+    want_xy = np.zeros((68, 2))
+    want_xy[48:] = [5.0, -10.0]
+    np.testing.assert_allclose(pe.signed_mean, want_xy, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(pe.signed_bins, np.broadcast_to(want_xy, (3, 68, 2)), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(pe.nme_mean, np.linalg.norm(want_xy, axis=-1), rtol=1e-12, atol=0)
+    # the per-point NME averages to the image NME
+    signed, dist = P.point_errors(pred, gt)
+    np.testing.assert_allclose(dist.mean(-1), P.nme_2d(pred, gt), rtol=1e-12)
+    np.testing.assert_allclose(signed[1], want_xy, rtol=1e-12, atol=0)
+
+
+def test_signed_errors_balanced_over_unequal_bins():
+    """5 faces in bins 3 / 1 / 1, sizes 20 or 40 px, every point moved by (dx, dy) px:
+    x % = 5, 5, 30 | -15 | 30 -> bins 40/3, -15, 30, balanced 85/9, all 11;
+    y % = 0, 10, -10 | 5 | -20 -> bins 0, 5, -20, balanced -5, all -3."""
+    scale = np.array([1.0, 2.0, 1.0, 1.0, 2.0])
+    gt = _face20(5) * scale[:, None, None]
+    shift = np.array([[1.0, 0.0], [2.0, 4.0], [6.0, -2.0], [-3.0, 1.0], [12.0, -8.0]])
+    pred = gt + shift[:, None, :]
+    yaw = np.array([10.0, -30.0, 25.0, 45.0, -70.0])
+    pe = P.signed_errors(pred, gt, yaw)
+    assert pe.counts == {"0-30": 3, "30-60": 1, "60-90": 1}
+    want_bins = np.array([[40 / 3, 0.0], [-15.0, 5.0], [30.0, -20.0]])  # (3 bins, x y)
+    np.testing.assert_allclose(pe.signed_bins, np.broadcast_to(want_bins[:, None, :], (3, 68, 2)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pe.signed_mean, np.tile([85 / 9, -5.0], (68, 1)), rtol=1e-12)
+    np.testing.assert_allclose(pe.signed_all, np.tile([11.0, -3.0], (68, 1)), rtol=1e-12)
+    norms = np.sqrt([25.0, 125.0, 1000.0, 250.0, 1300.0])  # |(x, y)| % per image
+    want_nme = ((norms[0] + norms[1] + norms[2]) / 3 + norms[3] + norms[4]) / 3
+    np.testing.assert_allclose(pe.nme_mean, want_nme, rtol=1e-12)
+    np.testing.assert_allclose(pe.nme_all, norms.mean(), rtol=1e-12)
+    eyes = pe.regions()["eyes"]
+    assert eyes.signed_x.bins == pytest.approx({"0-30": 40 / 3, "30-60": -15.0, "60-90": 30.0}, rel=1e-12)
+    assert eyes.signed_x.mean == pytest.approx(85 / 9, rel=1e-12) and eyes.signed_x.all == pytest.approx(11.0, rel=1e-12)
+    assert eyes.signed_y.mean == pytest.approx(-5.0, rel=1e-12) and eyes.signed_y.all == pytest.approx(-3.0, rel=1e-12)
+    j = pe.to_json()
+    assert j["signed_x"]["mean"] == pytest.approx([85 / 9] * 68, rel=1e-12)
+    assert j["signed_y"]["60-90"] == pytest.approx([-20.0] * 68, rel=1e-12)
+    assert j["counts"] == {"0-30": 3, "30-60": 1, "60-90": 1} and len(j["nme"]["all"]) == 68
+    # without the (30,60] face: that bin is empty (null) and left out of the balanced mean
+    keep = [0, 1, 2, 4]
+    pe2 = P.signed_errors(pred[keep], gt[keep], yaw[keep])
+    np.testing.assert_allclose(pe2.signed_mean, np.tile([(40 / 3 + 30.0) / 2, (0.0 - 20.0) / 2], (68, 1)), rtol=1e-12)
+    j2 = pe2.to_json()
+    assert j2["signed_x"]["30-60"] == [None] * 68 and j2["counts"]["30-60"] == 0
+    assert pe2.regions()["jaw"].signed_x.to_json()["30-60"] is None
+    with pytest.raises(InputError, match="one per image"):
+        P.signed_errors(pred, gt, yaw[:4])
+
+
+def test_signed_regions_cancel_partition_and_match_region_nme():
+    """A jaw widened by 2 px on each side: region signed x 0 (it cancels), per-point -10 / +10 %,
+    jaw NME 16 * 10 / 17 %. The six regions partition the 68 points; with random errors the region
+    summaries equal summarising each image's region mean, and the two lip contours together give
+    the 'mouth' of nme_2d_by_region."""
+    gt = _face20(1)
+    pred = gt.copy()
+    pred[0, 0:8, 0] -= 2.0
+    pred[0, 9:17, 0] += 2.0
+    pe = P.signed_errors(pred, gt, np.array([0.0]))
+    jaw = pe.regions()["jaw"]
+    assert jaw.signed_x.mean == pytest.approx(0.0, abs=1e-12) and jaw.signed_y.mean == 0.0
+    assert jaw.nme.mean == pytest.approx(16 * 10.0 / 17, rel=1e-12)
+    np.testing.assert_allclose(pe.signed_mean[:17, 0], [-10.0] * 8 + [0.0] + [10.0] * 8, rtol=1e-12)
+    assert sorted(i for ids in P.DIAGNOSTIC_REGIONS.values() for i in ids) == list(range(68))
+
+    rng = np.random.default_rng(3)
+    gt = rng.uniform(0, 120, (9, 68, 2))
+    pred = gt + rng.normal(0.5, 3.0, gt.shape)
+    yaw = np.array([3.0, -20.0, 50.0, 40.0, -35.0, 75.0, 10.0, 29.0, -88.0])
+    bins = P.yaw_bin(yaw)
+    reg = P.signed_errors(pred, gt, yaw).regions()
+    signed, _ = P.point_errors(pred, gt)
+    for k, ids in P.DIAGNOSTIC_REGIONS.items():
+        for axis, summary in ((0, reg[k].signed_x), (1, reg[k].signed_y)):
+            b = P.bin_means(signed[:, list(ids), axis].mean(1), bins)
+            assert summary.mean == pytest.approx(b.mean, rel=1e-12) and summary.all == pytest.approx(b.all, rel=1e-12)
+            assert summary.bins == pytest.approx(b.bins, rel=1e-12)
+    old = {k: P.bin_means(v, bins) for k, v in P.nme_2d_by_region(pred, gt).items()}
+    for k in ("jaw", "brows", "nose", "eyes"):
+        assert reg[k].nme.mean == pytest.approx(old[k].mean, rel=1e-12)
+    mouth = (12 * reg["outer_lips"].nme.mean + 8 * reg["inner_lips"].nme.mean) / 20
+    assert mouth == pytest.approx(old["mouth"].mean, rel=1e-12)
+
 def test_pose_known_errors():
     gt = _rad([0.0, 20.0, 0.0], [10.0, -40.0, 5.0], [0.0, 0.0, 0.0], [0.0, 100.0, 0.0]).reshape(4, 3)
     pred = gt.copy()
@@ -187,17 +299,22 @@ def test_one_pixel_convention_on_real_mat():
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
 
+def _score_predictions(data, pred, tmp_path, capsys, limit=5):
+    """Run the benchmark CLI on ``pred`` saved as .npy; returns (JSON result, stdout)."""
+    np.save(tmp_path / "p.npy", pred)
+    out = tmp_path / "r.json"
+    rc, stdout, err = _run(["--data", str(data), "--limit", str(limit), "--predictions", str(tmp_path / "p.npy"),
+                            "--out", str(out)], capsys)
+    assert rc == 0, err
+    return json.loads(out.read_text()), stdout
+
+
 def test_cli_round_trip_on_real_images(tmp_path, capsys):
     d = need_shared("data/aflw2000-3d-dev")
     ds = P.load_dataset(d, limit=5)
     pred = ds.landmarks.copy()
     pred[..., :2] += (3.0, 4.0)
-    np.save(tmp_path / "p.npy", pred)
-    out = tmp_path / "r.json"
-    rc, stdout, err = _run(["--data", str(d), "--limit", "5", "--predictions", str(tmp_path / "p.npy"),
-                            "--out", str(out)], capsys)
-    assert rc == 0, err
-    r = json.loads(out.read_text())
+    r, stdout = _score_predictions(d, pred, tmp_path, capsys)
     assert [x["name"] for x in r["per_image"]] == P.list_names(d)[:5]
     np.testing.assert_allclose([x["nme_2d"] for x in r["per_image"]], 5.0 / _norm(ds.landmarks) * 100, rtol=1e-12)
     assert "| 5 |" in stdout
@@ -244,6 +361,42 @@ def test_cli_predictions_round_trip(syn, syn_ds, tmp_path, capsys):
     assert "SynergyNet" in stdout and "3DDFA_V2 x0.5" in stdout and "| 6 |" in stdout
     assert (tmp_path / "plots" / "ced.png").stat().st_size > 0 and (tmp_path / "plots" / "worst.png").stat().st_size > 0
 
+
+
+def test_cli_signed_error_table_and_json(syn, syn_ds, tmp_path, capsys):
+    """Lips moved by (+1, -2) px on the first 5 faces (bins of 2 / 2 / 1): the JSON's region and
+    point diagnostics and the printed table show +100/size and -200/size balanced over the bins,
+    zero elsewhere; the existing keys and the region-NME table's 5 regions stay as they were."""
+    from benchmarks import report
+
+    pred = syn_ds.landmarks[:5].copy()
+    pred[:, 48:68, :2] += [1.0, -2.0]
+    r, stdout = _score_predictions(syn, pred, tmp_path, capsys)
+    size = _norm(syn_ds.landmarks[:5])
+    wx = np.mean([(100.0 / size[i: j]).mean() for i, j in ((0, 2), (2, 4), (4, 5))])  # balanced over the bins
+    assert wx != pytest.approx((100.0 / size).mean(), rel=1e-6)  # differs from the mean over images here
+    assert list(r["nme_2d_by_region"]) == ["jaw", "brows", "nose", "eyes", "mouth"]
+    assert list(r["region_errors_2d"]) == list(P.DIAGNOSTIC_REGIONS)
+    lips = r["region_errors_2d"]["outer_lips"]
+    assert lips["points"] == "48-59"
+    assert lips["signed_x"]["mean"] == pytest.approx(wx, rel=1e-12)
+    assert lips["signed_y"]["mean"] == pytest.approx(-2.0 * wx, rel=1e-12)
+    assert lips["signed_x"]["all"] == pytest.approx((100.0 / size).mean(), rel=1e-12)
+    assert r["region_errors_2d"]["inner_lips"]["nme"]["mean"] == pytest.approx(math.sqrt(5.0) * wx, rel=1e-12)
+    assert r["region_errors_2d"]["jaw"]["signed_x"]["mean"] == 0.0 and r["region_errors_2d"]["nose"]["nme"]["mean"] == 0.0
+    pts = r["point_errors_2d"]
+    assert pts["signed_x"]["mean"] == pytest.approx([0.0] * 48 + [wx] * 20, rel=1e-12, abs=1e-15)
+    assert pts["signed_y"]["mean"] == pytest.approx([0.0] * 48 + [-2.0 * wx] * 20, rel=1e-12, abs=1e-15)
+    assert pts["nme"]["0-30"] == pytest.approx([0.0] * 48 + [math.sqrt(5.0) * (100.0 / size[:2]).mean()] * 20,
+                                               rel=1e-12, abs=1e-15)
+    assert pts["counts"] == {"0-30": 2, "30-60": 2, "60-90": 1} and "predicted - GT" in pts["definition"]
+    assert "| outer lips | 48-59 |" in stdout and f"| {wx:+.2f} | {-2.0 * wx:+.2f} |" in stdout
+    assert "| jaw | 0-16 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | +0.00 | +0.00 |" in stdout
+    assert stdout.count("| jaw |") == 1  # one region table, not two
+    assert "Largest balanced signed errors per point" in stdout and f"48: {wx:+.2f}, {-2.0 * wx:+.2f}" in stdout
+    # a result file from before the diagnostics still renders its 5-region NME table
+    old = {k: v for k, v in r.items() if k not in ("region_errors_2d", "point_errors_2d")}
+    assert "| mouth | 48-67 |" in report.markdown(old)
 
 def test_cli_one_based_list_and_limit(syn, syn_ds, tmp_path, capsys):
     raw = syn_ds.landmarks[:, :, :2] + 1.0  # the dataset's own MATLAB frame
