@@ -20,13 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def read_pts(path: Path, one_based: bool) -> np.ndarray:
-    """(68, 2) points of a 300-W ``.pts`` file, moved to 0-based pixels if ``one_based``."""
-    lines = path.read_text().splitlines()
-    i = lines.index("{")
-    pts = np.array([[float(v) for v in l.split()] for l in lines[i + 1:i + 69]])
-    return pts - 1.0 if one_based else pts
+from morphable.formats.pts import read_pts
 
 
 def _nme(pred: np.ndarray, gt: np.ndarray, idx=slice(None)) -> float:

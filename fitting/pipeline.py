@@ -37,6 +37,8 @@ class FitConfig:
 
     Attributes:
         model: model name or path (None = the default ICT-FaceKit model).
+        region, landmarks: ICT-FaceKit region and landmark definition of the default model
+            (:func:`morphable.registry.load_model`; None = its defaults).
         weights: regressor weight file (None = the shipped default).
         refine: run the LM refinement after the regressor.
         iterations: LM iterations.
@@ -61,6 +63,8 @@ class FitConfig:
     """
 
     model: Optional[str] = None
+    region: Optional[str] = None
+    landmarks: Optional[str] = None
     weights: Optional[str] = None
     refine: bool = True
     iterations: int = 5
@@ -196,14 +200,15 @@ class Fitter:
         self.config = config or FitConfig()
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        self.model: MorphableModel = load_model(self.config.model).to(self.config.device)
+        mk = {k: v for k, v in (("region", self.config.region), ("landmarks", self.config.landmarks)) if v is not None}
+        self.model: MorphableModel = load_model(self.config.model, **mk).to(self.config.device)
         self.regressor = load_regressor(self.config.weights, model=self.model, device=self.config.device)
         self.crop_size = int(self.regressor.cfg.crop_size)
         # The LM fits the regressor's landmark head, so it uses the landmark vertices the head was
         # trained with; outputs (landmarks, meshes) use the model's own definition.
         ids = getattr(self.regressor, "landmark_ids", None)
         if ids is None and self.model.info.landmark_definition != "upstream":
-            ids = load_model(self.config.model, landmarks="upstream").landmarks
+            ids = load_model(self.config.model, **{**mk, "landmarks": "upstream"}).landmarks
         self.fit_model: MorphableModel = self.model if ids is None or torch.equal(
             torch.as_tensor(ids).to(self.model.landmarks.device), self.model.landmarks) else self.model.with_landmarks(
             torch.as_tensor(ids).cpu().numpy(), definition="regressor")

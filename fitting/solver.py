@@ -44,7 +44,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -74,7 +74,9 @@ class FitOptions:
             a trial step, accepted or not, changes the cost by less than ``tolerance`` (relative)
             and the quadratic model predicted no more (MINPACK's ftol test).
         shape_prior: lam_s, weight of the shape prior (coefficients in std units).
-        expr_prior: lam_e, weight of the expression prior.
+        expr_prior: lam_e, weight of the expression prior: one number, or one per expression
+            component (a sequence of Ke numbers, e.g. a stronger prior on the mouth blendshapes of
+            faces whose lips are not annotated).
         robust: ``"l2"`` or ``"huber"``.
         huber_delta: Huber threshold in percent of face size.
         contour: ``"3d"`` (fixed landmark vertices, AFLW2000-3D style) or ``"2d"`` (jaw points slide
@@ -102,7 +104,7 @@ class FitOptions:
     max_iterations: int = 20
     tolerance: float = 1e-5
     shape_prior: float = 1.0
-    expr_prior: float = 1.0
+    expr_prior: Union[float, Sequence[float]] = 1.0
     robust: str = "l2"
     huber_delta: float = 2.0
     contour: str = "3d"
@@ -344,6 +346,19 @@ def _real_tensor(a, name: str) -> torch.Tensor:
 class _Problem:
     """Constant data of one batch: the model blocks on the device/dtype of the targets."""
 
+    def _expr_prior(self, lam, dt, dev) -> torch.Tensor:
+        """(ke,) expression prior weights from a number or a (Ke,) sequence (FitOptions.expr_prior)."""
+        t = _real_tensor(lam, "expr_prior").to(dev, dt).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(self.ke)
+        elif t.numel() == self.Ke:
+            t = t[:self.ke]
+        else:
+            raise InputError(f"expr_prior must be one number or {self.Ke} (one per expression component), got {t.numel()}")
+        if not torch.isfinite(t).all() or (t < 0).any():
+            raise InputError("expr_prior must be finite and >= 0")
+        return t.clone()
+
     def __init__(self, model: MorphableModel, y, w, opt: FitOptions):
         dt, dev = y.dtype, y.device
         self.B, self.L = y.shape[:2]
@@ -363,7 +378,7 @@ class _Problem:
         self.expr_pca = model.info.expr_kind == "pca"
         self.prior = torch.cat([torch.zeros(_NP, dtype=dt, device=dev),
                                 torch.full((self.ks,), opt.shape_prior, dtype=dt, device=dev),
-                                torch.full((self.ke,), opt.expr_prior, dtype=dt, device=dev)])
+                                self._expr_prior(opt.expr_prior, dt, dev)])
         self.P = _NP + self.ks + self.ke
         self.uv_sign = torch.tensor([1.0, -1.0], dtype=dt, device=dev)  # D = diag(1, -1): image y points down
         # invalid points -> weight 0; face size f (px) from the valid points' bbox

@@ -6,7 +6,7 @@ Label file (npz, written with :func:`save_labels`, read with :func:`load_labels`
 key             shape/dtype  meaning
 =============== ============ =================================================================
 ``name``        (N,) str     image path relative to ``../shared/data`` (``ytf68/train/x.jpg``)
-``set``         (N,) str     ``'ytf68'`` or ``'aflw21'``
+``set``         (N,) str     ``'ytf68'``, ``'300w'`` or ``'aflw21'``
 ``shape``       (N, Ks)      shape coefficients of the fit
 ``expr``        (N, Ke)      expression coefficients of the fit
 ``rotvec``      (N, 3)       rotation vector, radians (``R = exp([w]_x)``)
@@ -320,10 +320,10 @@ class FaceLabelDataset(Dataset):
     Items are dicts of tensors: ``image`` (3, S, S) float normalised; ``shape`` (Ks,), ``expr`` (Ke,),
     ``rotmat`` (3, 3), ``rotvec`` (3,), ``scale`` (), ``translation`` (2,), ``landmarks3d`` (68, 2),
     ``target`` (68, 2) (0 where absent), ``visible`` (68,), all in the crop frame; ``shape_w`` and
-    ``expr_w`` () loss masks; ``flipped`` (), ``set_id`` () 0 = ytf68, 1 = aflw21, 2 = other; ``index``.
+    ``expr_w`` () loss masks; ``flipped`` (), ``set_id`` () the index in ``SETS`` (ytf68, aflw21, 300w), ``len(SETS)`` = other; ``index``.
     """
 
-    SETS = ("ytf68", "aflw21")
+    SETS = ("ytf68", "aflw21", "300w")
 
     def __init__(self, labels: dict, data_root=None, expression_names: Sequence[str] = (), size: int = CROP_SIZE,
                  augment: bool = False, seed: int = 0, p_flip: float = 0.5, p_rotate: float = 0.5,
@@ -450,6 +450,6 @@ class FaceLabelDataset(Dataset):
             "shape_w": torch.tensor(0.0 if flags["flipped"] else 1.0),
             "expr_w": torch.tensor(0.0 if flags["flipped"] and self.expr_perm is None else 1.0),
             "flipped": torch.tensor(flags["flipped"]),
-            "set_id": torch.tensor(self.SETS.index(st) if st in self.SETS else 2),
+            "set_id": torch.tensor(self.SETS.index(st) if st in self.SETS else len(self.SETS)),
             "index": torch.tensor(int(i)),
         }

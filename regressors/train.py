@@ -96,7 +96,9 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
     p.add_argument("--time-budget", type=float, default=0.0,
                    help="train for about this many minutes: the number of steps (and the cosine schedule) is fitted to the "
                         "measured speed, re-estimated every 50 steps; --epochs is then ignored")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt; when there is none (a new machine), start as --init says, "
+                        "or from the shipped weights (regressors/weights/default.pt) without --init")
     p.add_argument("--init", default=None, metavar="WEIGHTS",
                    help="start from these weights (network, config and label statistics; "
                         "fresh optimiser and schedule), e.g. regressors/weights/default.pt")
@@ -194,7 +196,12 @@ def train(args, model=None) -> dict:
     cfg = RegressorConfig(arch=args.arch, width=args.width, n_shape=Ks, n_expr=Ke, model_name=model.name, depth=args.depth)
     ckpt_path = out_dir / "last.pt"
     ck = None
-    if args.resume:
+    if args.resume and not ckpt_path.is_file():
+        from .weights import DEFAULT_WEIGHTS
+
+        args.init = args.init or str(DEFAULT_WEIGHTS)
+        print(f"--resume: no {ckpt_path}; starting from {args.init}", file=sys.stderr)
+    elif args.resume:
         ck = read_weight_file(ckpt_path)
         if "optimizer" not in ck:
             raise SystemExit(f"{ckpt_path}: not a training checkpoint (no optimiser state)")

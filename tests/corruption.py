@@ -51,6 +51,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from morphable.formats.pts import read_pts
+
 REPO = Path(__file__).resolve().parent.parent
 FACES_DIR = REPO.parent / "shared" / "data" / "faces68"
 
@@ -140,12 +142,6 @@ def face_photos(faces_dir: Optional[Path] = None) -> list[Path]:
     if not d.is_dir():
         return []
     return sorted(p for p in d.glob("*.jpg") if p.with_suffix(".pts").is_file())
-
-
-def read_pts(path: Path) -> np.ndarray:
-    """A 300-W ``.pts`` file -> (68, 2) float64, 0-based pixels (the file is 1-based)."""
-    lines = Path(path).read_text().split("{")[1].split("}")[0].split()
-    return np.asarray(lines, dtype=np.float64).reshape(-1, 2) - 1.0
 
 
 def _synthetic_photo(h=240, w=200, seed=0) -> np.ndarray:
