@@ -1009,12 +1009,20 @@ def _weights(b: _Builder) -> None:
 
 # ----------------------------------------------------------------------------- landmarks
 def good_landmarks(faces_dir: Optional[Path] = None, k: int = 0) -> np.ndarray:
-    """(68, 2) float64 hand-made landmarks of a faces68 photo (a synthetic face without ../shared)."""
+    """(68, 2) float64 hand-made landmarks of a faces68 photo; without ../shared, the default
+    model's mean-face landmarks seen at yaw 10 k degrees (a face, so fits are well posed)."""
     photos = face_photos(faces_dir)
     if photos:
         return read_pts(photos[k % len(photos)].with_suffix(".pts"))
-    t = np.linspace(0, 2 * np.pi, 68, endpoint=False)
-    return np.c_[200 + 80 * np.cos(t) * (1 + 0.1 * k), 220 + 100 * np.sin(t) + 10 * np.cos(3 * t)]
+    import torch
+
+    from morphable.geometry import angles_to_rotmat, project
+    from morphable.registry import load_model
+
+    m = load_model().to(torch.float64)
+    X = m.landmark_points(torch.zeros(1, m.n_shape, dtype=torch.float64))
+    R = angles_to_rotmat(torch.tensor([[0.05, np.radians(10.0 * k), -0.03]], dtype=torch.float64))
+    return project(X, R, torch.tensor([1.6], dtype=torch.float64), torch.tensor([[200.0, 220.0]], dtype=torch.float64))[0].numpy()
 
 
 def _landmarks(b: _Builder, faces_dir) -> None:

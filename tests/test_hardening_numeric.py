@@ -182,7 +182,10 @@ def test_batch_of_ten_thousand_on_two_workers(ict_model, faces):
     face gets alone."""
     g0, g1 = faces
     t = np.linspace(0.0, 1.0, 68)
-    templates = np.stack([g0, g1, g0 * 1.3 + 40.0, g1[::-1].copy()])
+    from morphable.landmark_definition import IBUG68_MIRROR
+
+    mirrored = np.c_[400.0 - g1[IBUG68_MIRROR, 0], g1[IBUG68_MIRROR, 1]]  # the mirror image of face 1
+    templates = np.stack([g0, g1, g0 * 1.3 + 40.0, mirrored])
     L = np.tile(templates, (2500, 1, 1))
     bad = {17: np.full((68, 2), np.nan), 5003: np.tile(g0[:1], (68, 1)), 9999: np.c_[100 + 200 * t, 80 + 0 * t]}
     for i, v in bad.items():
@@ -194,7 +197,11 @@ def test_batch_of_ten_thousand_on_two_workers(ict_model, faces):
     for k in range(4):
         solo = fit_landmarks(ict_model, L[k:k + 1], options=FitOptions(max_iterations=5))
         rows = [i for i in range(k, 10_000, 4) if i not in bad]
-        for f in ("shape", "rotvec", "scale"):
+        # float32 sums run in another order in a 64-face chunk than alone: 1e-3 on the pose, 1e-2 std
+        # on shape coefficients (weakly determined directions of a 68-point fit move most), 0.05 px
+        for f, tol in (("shape", 1e-2), ("rotvec", 1e-3), ("scale", 1e-3)):
             got, want = getattr(res.params, f)[rows], getattr(solo.params, f).expand_as(getattr(res.params, f)[rows])
-            assert torch.allclose(got, want, atol=1e-3, rtol=1e-4), (k, f, float((got - want).abs().max()))
+            assert torch.allclose(got, want, atol=tol, rtol=1e-4), (k, f, float((got - want).abs().max()))
+        got = res.landmarks[rows]
+        assert torch.allclose(got, solo.landmarks.expand_as(got), atol=5e-2), (k, "landmarks")
         assert torch.equal(res.iterations[rows], solo.iterations.expand(len(rows)))

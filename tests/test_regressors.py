@@ -455,6 +455,9 @@ def test_ict_frame_rotation(ict_model, tmp_path):
     from morphable.formats.ict import FRAME_PITCH_DEG, frame_rotation
     from morphable.formats.native import load_native, save_native
     from morphable.registry import find_ict
+    from tests.conftest import need_shared
+
+    need_shared("models/ict-facekit")
 
     F = frame_rotation()
     np.testing.assert_allclose(F, _rx(FRAME_PITCH_DEG), atol=1e-12)
