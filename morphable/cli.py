@@ -29,8 +29,9 @@ _DESCRIPTION = """\
 3D morphable face models: inspect, convert and sample them (and, with the fitting package, fit
 them to photos).
 
-The default model is ICT-FaceKit (MIT): its narrow and face regions ship inside the package; the
-head and full regions are read from $MORPHABLE_ICT_DIR or ../shared/models/ict-facekit.
+The default model is ICT-FaceKit (MIT), face region, 3D-style landmarks: its face and narrow regions
+ship inside the package; the head and full regions are read from $MORPHABLE_ICT_DIR or
+../shared/models/ict-facekit.
 Other models: a BFM 2009 .mat, a BFM 2017/2019 .h5, a Surrey Face Model .bin, or a native .h5
 written by `morphable convert`.
 """
@@ -80,7 +81,7 @@ def _only(args: argparse.Namespace, kind: str, allowed: set[str]) -> None:
     given = {"exp_pca": "--exp-pca", "std_exp": "--std-exp", "trim_index": "--trim-index", "landmarks": "--landmarks",
              "contours": "--contours", "n_expr": "--n-expr", "blendshapes": "--blendshapes", "mapping": "--mapping"}
     bad = [flag for k, flag in given.items() if getattr(args, k) is not None and k not in allowed]
-    if args.region != "narrow" and "region" not in allowed:
+    if args.region != "face" and "region" not in allowed:
         bad.append("--region")
     if bad:
         verb = "does" if len(bad) == 1 else "do"
@@ -180,8 +181,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None, metavar="MODEL",
                    help="model file or ICT-FaceKit folder (default: the ICT-FaceKit model)")
-    p.add_argument("--region", default="narrow", choices=["narrow", "face", "head", "full"],
-                   help="ICT-FaceKit region (default: narrow, the ~15 cm wide face)")
+    p.add_argument("--region", default="face", choices=["narrow", "face", "head", "full"],
+                   help="ICT-FaceKit region (default: face, to the ears and under the chin; narrow: the ~15 cm wide face)")
 
 
 def _plugin_present(name: str) -> bool:
@@ -248,8 +249,8 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--blendshapes", metavar="F", help="Surrey: expression blendshapes .bin (default: next to SRC)")
     p.add_argument("--n-shape", type=int, metavar="K", help="keep the first K shape components (BFM 2009 default 100)")
     p.add_argument("--n-expr", type=int, metavar="K", help="BFM: keep the first K expression components")
-    p.add_argument("--region", default="narrow", choices=["narrow", "face", "head", "full"],
-                   help="ICT-FaceKit region (default: narrow)")
+    p.add_argument("--region", default="face", choices=["narrow", "face", "head", "full"],
+                   help="ICT-FaceKit region (default: face)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("sample", help="write a random plausible face mesh",

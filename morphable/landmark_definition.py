@@ -31,7 +31,7 @@ import torch
 from .geometry import project
 
 __all__ = ["IBUG68_MIRROR", "LandmarkSelection", "select_landmark_vertices", "mirror_vertices",
-           "REFINED_ICT_LANDMARKS", "ICT_LANDMARKS_3D", "ICT_DEFINITIONS", "read_landmark_file"]
+           "REFINED_ICT_LANDMARKS", "ICT_LANDMARKS_3D", "BFM_ICT_LANDMARKS", "ICT_DEFINITIONS", "read_landmark_file"]
 
 
 def _mirror68() -> np.ndarray:
@@ -52,12 +52,18 @@ IBUG68_MIRROR = _mirror68()
 
 #: The re-selected landmark vertex ids of the default ICT-FaceKit model (file shipped in the package).
 REFINED_ICT_LANDMARKS = Path(__file__).resolve().parent / "data" / "ict_landmarks_68.json"
-#: The 3D-style definition (AFLW2000-3D / 300W-LP keypoints) registered from the Basel mean face
-#: (:mod:`morphable.registration`), vertex ids of the ``face`` region.
+#: All 68 keypoints of the Basel mean face (3DDFA's, which define AFLW2000-3D's and 300W-LP's
+#: landmarks) registered onto the ``face`` region (:mod:`morphable.registration`): vertex ids.
+BFM_ICT_LANDMARKS = Path(__file__).resolve().parent / "data" / "ict_landmarks_68_bfm.json"
+#: The 3D-style definition, the default: the registered BFM jaw (0-16, fixed vertices on the 3D
+#: jawline, outside the ``narrow`` region) and the refined interior points (17-67). The interior
+#: points mean the same in both styles, and on the 541 hand-annotated 300-W validation faces the
+#: refined ones sit closer to the annotations than the registered BFM ones (``docs/conventions.md``).
 ICT_LANDMARKS_3D = Path(__file__).resolve().parent / "data" / "ict_landmarks_68_3d.json"
 #: The named ICT-FaceKit landmark definitions shipped with the package (besides ``"upstream"``,
-#: the model file's own): name -> definition file.
-ICT_DEFINITIONS = {"refined": REFINED_ICT_LANDMARKS, "3d": ICT_LANDMARKS_3D}
+#: the model file's own): name -> definition file. ``"refined"`` is the fixed-point part of the
+#: 2D-contour definition (its jaw slides on the outline: ``FitOptions(contour="2d")``).
+ICT_DEFINITIONS = {"3d": ICT_LANDMARKS_3D, "refined": REFINED_ICT_LANDMARKS, "bfm": BFM_ICT_LANDMARKS}
 
 
 @dataclass

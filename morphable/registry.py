@@ -1,7 +1,9 @@
 """Finding and loading models by name or path, with a converted-once cache.
 
 ``load_model(None)`` / ``load_model("ict-facekit")`` gives the default model, ICT-FaceKit's
-narrow face region (6,706 vertices, ~15 cm wide, 100 identity + 53 expression components).
+face region (9,409 vertices: the face to the ears and under the chin, 100 identity + 53 expression
+components) with the 3D-style landmark definition of AFLW2000-3D (its jaw points sit back on the
+cheeks, outside the 6,706-vertex ``narrow`` region).
 
 The ``narrow`` and ``face`` regions come from the file shipped inside the package
 (:data:`morphable.default_model.PACKAGED_MODEL`): no download, no ``../shared``. The larger regions
@@ -64,18 +66,19 @@ def _fingerprint(folder: Path, extra: str) -> str:
     return h.hexdigest()[:16]
 
 
-def load_model(name_or_path: Optional[str | os.PathLike] = None, *, region: str = "narrow",
-               cache: bool = True, landmarks: str = "refined", packaged: bool = True) -> MorphableModel:
+def load_model(name_or_path: Optional[str | os.PathLike] = None, *, region: str = "face",
+               cache: bool = True, landmarks: Optional[str] = None, packaged: bool = True) -> MorphableModel:
     """Load a morphable model.
 
     Args:
         name_or_path: ``None`` or ``"ict-facekit"`` for the default model; a path to an ICT-FaceKit
             folder, a native/BFM 2017-2019 ``.h5``, a BFM 2009 ``.mat`` or a Surrey ``.bin``.
-        region: ICT-FaceKit region (``narrow``, ``face``, ``head``, ``full``).
+        region: ICT-FaceKit region (``face`` (default), ``narrow``, ``head``, ``full``).
         cache: convert ICT folders (or decompress the shipped file) once and keep the result in
             :func:`cache_dir`.
         landmarks: for ICT-FaceKit, which 68 vertices are the iBUG landmarks
-            (:data:`morphable.landmark_definition.ICT_DEFINITIONS`): ``"3d"`` = the 3D-style
+            (:data:`morphable.landmark_definition.ICT_DEFINITIONS`); default ``"3d"``, or
+            ``"refined"`` for the ``narrow`` region, which does not hold the 3D-style jaw. ``"3d"`` = the 3D-style
             definition of AFLW2000-3D and 300W-LP, registered from the Basel mean face
             (``morphable/data/ict_landmarks_68_3d.json``; needs the ``face`` region or larger);
             ``"refined"`` = the points re-selected on 300-W-style annotated photos (the fixed
@@ -94,6 +97,8 @@ def load_model(name_or_path: Optional[str | os.PathLike] = None, *, region: str 
 
     from .landmark_definition import ICT_DEFINITIONS
 
+    if landmarks is None:
+        landmarks = "refined" if region == "narrow" else "3d"
     if landmarks not in ICT_DEFINITIONS and landmarks != "upstream":
         raise ModelFormatError(f"landmarks must be one of {sorted(ICT_DEFINITIONS) + ['upstream']}, got {landmarks!r}")
     if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
@@ -176,10 +181,12 @@ def _defined(model: MorphableModel, name: str) -> MorphableModel:
     from .landmark_definition import ICT_DEFINITIONS, read_landmark_file
 
     try:
-        ids = read_landmark_file(ICT_DEFINITIONS[name], model.n_vertices)
+        ids = read_landmark_file(ICT_DEFINITIONS[name], 10 ** 9)
     except ModelFormatError as e:
-        raise ModelFormatError(f"landmarks={name!r} does not fit the {model.n_vertices}-vertex {model.name}: {e} "
-                               "(the 3D-style jaw lies outside the 'narrow' region: use region='face')") from None
+        raise ModelFormatError(f"landmarks={name!r}: {e}") from None
+    if ids.max() >= model.n_vertices:
+        raise ModelFormatError(f"landmarks={name!r} uses vertex {int(ids.max())}, outside the {model.n_vertices}-vertex "
+                               f"{model.name}: its jaw lies back on the cheeks; use region='face' (the default) or larger")
     return model.with_landmarks(ids, definition=name)
 
 

@@ -167,6 +167,8 @@ def load_labels(path) -> dict:
     d["model"] = str(d["model"]) if "model" in d else ""
     # a tuple (not an array): select_labels must not slice it by rows
     d["landmark_ids"] = tuple(int(i) for i in d["landmark_ids"]) if "landmark_ids" in d else None
+    if "fit_landmark_ids" in d:  # the definition fitted to the annotations (regressors.pseudolabels)
+        d["fit_landmark_ids"] = tuple(int(i) for i in d["fit_landmark_ids"])
     # the model frame of rotvec (files without it: the model file's own frame, identity); a tuple so
     # that select_labels does not slice it by rows
     try:
@@ -201,9 +203,13 @@ def model_for_labels(name_or_path, labels: dict):
     from morphable.registry import load_model
 
     ids = labels.get("landmark_ids")
+    kw = {}
+    name = str(labels.get("model", ""))
+    if name_or_path is None and name.startswith("ict-facekit-"):  # the default model, in the labels' region
+        kw["region"] = name[len("ict-facekit-"):]
     if ids is None:
-        return load_model(name_or_path, landmarks="upstream")
-    return load_model(name_or_path).with_landmarks(np.asarray(ids), definition="labels")
+        return load_model(name_or_path, landmarks="upstream", **kw)
+    return load_model(name_or_path, **kw).with_landmarks(np.asarray(ids), definition="labels")
 
 
 def select_labels(labels: dict, mask) -> dict:

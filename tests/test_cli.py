@@ -36,11 +36,11 @@ def test_help_lists_commands(capsys):
     assert rc == 0 and "--trim-index" in out and "--exp-pca" in out
 
 
-def test_info_default_model(capsys, ict_model):
+def test_info_default_model(capsys, default_model):
     rc, out, _ = run(capsys, "info")
     assert rc == 0
     s = json.loads(out)
-    assert s == json.loads(json.dumps(ict_model.summary()))
+    assert s == json.loads(json.dumps(default_model.summary()))
     assert (s["shape_components"], s["expression_components"], s["landmarks"]) == (100, 53, 68)
 
 
@@ -50,7 +50,7 @@ def test_info_sfm(capsys):
     assert rc == 0 and json.loads(out)["vertices"] == 3448
 
 
-def test_sample_is_seeded_and_expression_optional(capsys, tmp_path, ict_model):
+def test_sample_is_seeded_and_expression_optional(capsys, tmp_path, default_model):
     a, b, c = tmp_path / "a.ply", tmp_path / "b.ply", tmp_path / "c.ply"
     assert run(capsys, "sample", "--seed", "3", "--out", str(a))[0] == 0
     assert run(capsys, "sample", "--seed", "3", "--out", str(b))[0] == 0
@@ -58,11 +58,11 @@ def test_sample_is_seeded_and_expression_optional(capsys, tmp_path, ict_model):
     assert rc == 0 and "wrote" in out
     Va, Fa, _, _ = read_mesh(a)
     assert a.read_bytes() == b.read_bytes()
-    assert np.array_equal(Fa, ict_model.triangles.numpy())
+    assert np.array_equal(Fa, default_model.triangles.numpy())
     g = torch.Generator().manual_seed(3)
-    shape, _ = ict_model.sample(1, generator=g, expression=False)
+    shape, _ = default_model.sample(1, generator=g, expression=False)
     Vc = read_mesh(c)[0]
-    assert_close(torch.tensor(Vc), ict_model.vertices(shape)[0].double(), atol=1e-3)  # identity only, PLY float32
+    assert_close(torch.tensor(Vc), default_model.vertices(shape)[0].double(), atol=1e-3)  # identity only, PLY float32
     assert np.abs(Va - Vc).max() > 0.1  # the expression draw moved something
 
 

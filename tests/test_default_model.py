@@ -87,15 +87,16 @@ def test_packaged_file_ships_with_its_notice():
 def test_default_model_loads_without_shared(fresh_registry):
     with pytest.raises(ModelNotFoundError):
         registry.find_ict()  # nothing to find: this is a user's machine
-    m = registry.load_model()
+    m = registry.load_model(region="narrow", landmarks="refined")
     assert (m.n_vertices, m.n_shape, m.n_expr) == (6706, 100, 53)
     assert m.info.landmark_definition == "refined" and m.uv.shape == (6706, 2)
-    f = registry.load_model(region="face", landmarks="upstream")
+    f = registry.load_model(landmarks="upstream")
     assert f.n_vertices == 9409 and f.info.landmark_definition == "upstream"
+    assert registry.load_model().info.landmark_definition == "3d"
     assert torch.equal(m.mean, f.mean[:6706]) and torch.equal(m.shape_basis, f.shape_basis[:6706])
     assert list((fresh_registry / "cache").glob("packaged-*.h5")), "decompressed once into the cache"
     registry._MEMO.clear()
-    m2 = registry.load_model()  # from the cache this time
+    m2 = registry.load_model(region="narrow", landmarks="refined")  # from the cache this time
     assert torch.equal(m2.shape_basis, m.shape_basis) and torch.equal(m2.landmarks, m.landmarks)
     with pytest.raises(ModelNotFoundError, match="MORPHABLE_ICT_DIR"):
         registry.load_model(region="head")  # not shipped: needs the upstream folder
@@ -115,6 +116,6 @@ def test_packaged_model_equals_the_upstream_folder(monkeypatch):
     assert_close(stored.info.frame_rotation, exact.info.frame_rotation, atol=1e-12)
     e = storage_error(exact, stored, samples=64)
     assert e.basis_max_um <= 0.1 and e.vertex_max_um < 5.0, e
-    narrow = registry.load_model(packaged=False, cache=False)
-    packed = registry.load_model()
+    narrow = registry.load_model(region="narrow", landmarks="refined", packaged=False, cache=False)
+    packed = registry.load_model(region="narrow", landmarks="refined")
     assert torch.equal(narrow.landmarks, packed.landmarks) and torch.equal(narrow.triangles, packed.triangles)

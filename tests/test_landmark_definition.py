@@ -56,19 +56,19 @@ def test_mirror_vertices_known_answer():
     assert mirror_vertices(mean).tolist() == [1, 0, 2, 4, 3]
 
 
-def test_shipped_definition_is_what_the_default_model_uses(ict_model):
+def test_shipped_definition_is_what_the_refined_model_uses(ict_model):
     from morphable.registry import load_model
 
     d = json.loads(REFINED_ICT_LANDMARKS.read_text())
     assert ict_model.info.landmark_definition == "refined"
     assert ict_model.landmarks.tolist() == d["ids"]
-    up = load_model(landmarks="upstream")
+    up = load_model(region="narrow", landmarks="upstream")
     assert up.info.landmark_definition == "upstream"
     assert up.landmarks.tolist() == d["previous"] and up.landmarks.tolist() != d["ids"]
     # every other buffer is shared, not copied
     assert up.mean.data_ptr() == ict_model.mean.data_ptr()
     with pytest.raises(ModelFormatError, match="landmarks must be"):
-        load_model(landmarks="bfm")
+        load_model(landmarks="bfm-2009")
 
 
 def test_with_landmarks_leaves_the_original_alone(ict_model):

@@ -100,10 +100,14 @@ def test_default_model_sizes(ict_model):
     assert ict_model.info.units == "mm"
 
 
-def test_sample_obj_is_a_face_sized_mesh(tmp_path, ict_model, capsys):
+def test_sample_obj_is_a_face_sized_mesh(tmp_path, default_model, capsys):
+    """The default (face) region: the face to the ears, about 19 cm wide; narrow: about 15 cm."""
     out = tmp_path / "f.obj"
     assert cli.main(["sample", "--seed", "0", "--out", str(out)]) == 0
     mesh = trimesh.load(out)  # what a user's viewer/tool sees
     width, height, depth = mesh.extents
+    assert 170.0 <= width <= 210.0 and height > 150.0 and depth > 80.0, mesh.extents
+    assert len(mesh.vertices) == default_model.n_vertices == 9409
+    assert cli.main(["sample", "--seed", "0", "--region", "narrow", "--out", str(out)]) == 0
+    width, height, depth = trimesh.load(out).extents
     assert 130.0 <= width <= 170.0 and height > width and depth > 50.0
-    assert len(mesh.vertices) == ict_model.n_vertices

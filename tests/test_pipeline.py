@@ -40,5 +40,5 @@ def test_lm_uses_the_heads_landmark_definition(fitter):
     ids = getattr(fitter.regressor, "landmark_ids", None)
     want = up.landmarks if ids is None else ids
     assert torch.equal(fitter.fit_model.landmarks.cpu(), torch.as_tensor(want).cpu())
-    assert fitter.model.info.landmark_definition == "refined"
+    assert fitter.model.info.landmark_definition == "3d"  # outputs: the default, 3D-style
     assert fitter.fit_model.mean.data_ptr() == fitter.model.mean.data_ptr()  # same tensors

@@ -304,3 +304,18 @@ def test_mixing_sampler_share_determinism_and_yaw_balance(tmp_path):
     np.testing.assert_allclose(mass, 1 / 6, atol=1e-9)
     skew = yaw_balance_weights(np.r_[np.zeros(1000), [80.0]])
     assert skew[-1] <= 10 / 1001 + 1e-12 and abs(skew.sum() - 1) < 1e-12  # a lone row is capped
+
+
+def test_remap_points_beyond_opencvs_map_limit():
+    """More sample points than cv2.remap's SHRT_MAX rows (a 320 px 300-W face): bilinear samples of a
+    linear image are exact."""
+    from regressors.profile import _remap_points
+
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    img = np.dstack([xx, yy, xx + 2 * yy])
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 63, (70_000, 2)).astype(np.float32)
+    out = _remap_points(img, xy)
+    assert out.shape == (70_000, 3)
+    np.testing.assert_allclose(out[:, :2], xy, atol=2e-2)
+    np.testing.assert_allclose(out[:, 2], xy[:, 0] + 2 * xy[:, 1], atol=5e-2)
