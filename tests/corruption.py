@@ -1019,8 +1019,8 @@ def good_landmarks(faces_dir: Optional[Path] = None, k: int = 0) -> np.ndarray:
     from morphable.geometry import angles_to_rotmat, project
     from morphable.registry import load_model
 
-    m = load_model().to(torch.float64)
-    X = m.landmark_points(torch.zeros(1, m.n_shape, dtype=torch.float64))
+    m = load_model()  # shared (memoised): never convert it in place
+    X = m.landmark_points(torch.zeros(1, m.n_shape)).double()
     R = angles_to_rotmat(torch.tensor([[0.05, np.radians(10.0 * k), -0.03]], dtype=torch.float64))
     return project(X, R, torch.tensor([1.6], dtype=torch.float64), torch.tensor([[200.0, 220.0]], dtype=torch.float64))[0].numpy()
 

@@ -204,4 +204,5 @@ def test_batch_of_ten_thousand_on_two_workers(ict_model, faces):
             assert torch.allclose(got, want, atol=tol, rtol=1e-4), (k, f, float((got - want).abs().max()))
         got = res.landmarks[rows]
         assert torch.allclose(got, solo.landmarks.expand_as(got), atol=5e-2), (k, "landmarks")
-        assert torch.equal(res.iterations[rows], solo.iterations.expand(len(rows)))
+        # the convergence test may fire one check later or earlier on those rounding differences
+        assert (res.iterations[rows] - solo.iterations).abs().max() <= 1
