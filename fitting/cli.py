@@ -21,10 +21,11 @@ import json
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-from morphable.errors import InputError, MorphableError
+from morphable.errors import InputError, MorphableError, MorphableWarning
 
 # numpy, PIL, OpenCV and the output writers are imported inside the functions: `register` runs
 # for every `morphable` command (e.g. `morphable info`) and must stay cheap.
@@ -39,6 +40,12 @@ parameters and 68 landmarks with the CNN, refine by Levenberg-Marquardt, and wri
                            vertex colours from the photo
   <stem>[_k].json          yaw/pitch/roll (degrees), rotation, scale, translation, 68 landmarks, rmse
   <stem>[_k]_overlay.png   the mesh, landmarks and pose axes over the photo
+and, on request (--texture, --save depth,normals):
+  <stem>[_k]_textured.obj  the mesh with UVs + .mtl + _textured.png, the UV texture sampled from
+                           the photo (hidden side filled from the mirror side); opens in Blender/MeshLab
+  <stem>[_k].glb           the same textured mesh as one binary glTF file (browser viewers)
+  <stem>[_k]_depth.png     depth map at the photo's size, 16-bit, brighter = nearer (scale in the JSON)
+  <stem>[_k]_normals.png   normal map at the photo's size, rgb = (n + 1) / 2 * 255 (x right, y up, z to camera)
 (face 0 has no _k suffix). Folders are expanded to their image files, sorted by name.
 """
 
@@ -47,6 +54,7 @@ examples:
   morphable fit --example --out out/                 # a bundled example photo
   morphable fit photos/ --out out/ --resume          # a folder; skip images already done
   morphable fit a.jpg b.png --out out/ --json > results.json
+  morphable fit --example --texture --save depth,normals --out out/   # textured mesh + depth/normal maps
 
 exit status: 0 all images fitted, 1 some image failed (each is reported), 2 bad command line,
 130 interrupted.
@@ -74,6 +82,14 @@ def register(subparsers) -> None:
     p.add_argument("--min-face", type=_fraction, default=None, metavar="F",
                    help="smallest face to detect, fraction of the shorter image side (default 0.25; 0.1 finds "
                         "smaller faces, ~6x slower)")
+    p.add_argument("--texture", action="store_true",
+                   help="also write the textured mesh: <stem>_textured.obj/.mtl/.png and <stem>.glb "
+                        "(= --save texture)")
+    p.add_argument("--save", type=_save_list, default=(), metavar="LIST",
+                   help="extra outputs, comma-separated: texture, depth, normals (mesh, json and overlay are always "
+                        "written)")
+    p.add_argument("--texture-size", type=_pos_int, default=1024, metavar="S",
+                   help="texture side in texels (default 1024)")
     p.add_argument("--resume", action="store_true", help="skip images whose output files all exist")
     p.add_argument("--max-pixels", type=_pos_int, default=None, metavar="N",
                    help="refuse images with more pixels than N (default 100000000 or $MORPHABLE_MAX_PIXELS)")
@@ -92,6 +108,24 @@ def _fraction(s: str) -> float:
     if not 0.0 < v <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
     return v
+
+
+def _save_list(s: str) -> tuple:
+    from .outputs import EXTRAS
+
+    names = [n.strip().lower() for n in s.split(",") if n.strip()]
+    bad = [n for n in names if n not in EXTRAS and n not in ("mesh", "json", "overlay")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown output {', '.join(bad)}; choose from {', '.join(EXTRAS)}")
+    return tuple(n for n in names if n in EXTRAS)
+
+
+def _extras(args) -> tuple:
+    """The extra outputs asked for (``--save`` plus ``--texture``), in :data:`fitting.outputs.EXTRAS` order."""
+    from .outputs import EXTRAS
+
+    asked = set(getattr(args, "save", ()) or ()) | ({"texture"} if getattr(args, "texture", False) else set())
+    return tuple(e for e in EXTRAS if e in asked)
 
 
 def _pos_int(s: str) -> int:
@@ -191,7 +225,8 @@ def _record(face, image, stem: str, k: int, model_name: str, label: str):
         rmse=float(_np(face.rmse)) if getattr(face, "rmse", None) is not None else float("nan"),
         converged=bool(getattr(face, "converged", False)),
         box=_np(getattr(face, "box", None)), model_name=getattr(face, "model_name", None) or model_name,
-        extra={"image": label},
+        extra={"image": label}, uv=_np(getattr(face, "uv", None)),
+        mirror=_np(getattr(face, "mirror", None), np.int64),
     )
 
 
@@ -233,12 +268,12 @@ def _remove(paths) -> None:
 
 
 def _stale_faces(out_dir: Path, stem: str, n: int) -> list:
-    """Output files of faces >= n left by an earlier run of the same image."""
-    from .outputs import output_paths
+    """Output files of faces >= n left by an earlier run of the same image (extras included)."""
+    from .outputs import EXTRAS, output_paths
 
     stale, k = [], max(n, 1)
     while True:
-        ps = [p for p in output_paths(out_dir, stem, k).values() if p.exists()]
+        ps = [p for p in output_paths(out_dir, stem, k, tuple(EXTRAS)).values() if p.exists()]
         if not ps:
             return stale
         stale += ps
@@ -267,6 +302,7 @@ def cmd_fit(args) -> int:
     if fit_all is None:
         raise MorphableError("fitting.pipeline has no fit_all(); reinstall morphable")
     options = build_options(args, pipeline)
+    extras = _extras(args)
     model_name = args.model or "ict-facekit"
     human = sys.stderr if args.json else sys.stdout
 
@@ -290,7 +326,7 @@ def cmd_fit(args) -> int:
                     break
                 written_now: list = []
                 try:
-                    if args.resume and all(p.exists() for p in output_paths(out_dir, stem, 0).values()):
+                    if args.resume and all(p.exists() for p in output_paths(out_dir, stem, 0, extras).values()):
                         n_skip += 1
                         say(f"{label}: skipped (outputs exist in {out_dir})")
                         results.append({"image": label, "status": "skipped"})
@@ -319,9 +355,18 @@ def cmd_fit(args) -> int:
                     docs = []
                     for k, face in enumerate(faces):
                         rec = _record(face, image, stem, k, model_name, label)
-                        files = output_paths(out_dir, stem, k)
+                        files = output_paths(out_dir, stem, k, extras)
                         written_now += list(files.values())
-                        write_face(rec, out_dir)
+                        with warnings.catch_warnings(record=True) as caught:
+                            warnings.simplefilter("always", MorphableWarning)
+                            write_face(rec, out_dir, extras=extras,
+                                       texture_size=getattr(args, "texture_size", 1024))
+                        for w in caught:
+                            if issubclass(w.category, MorphableWarning):
+                                say(f"morphable: warning: {label}: face {k}: {' '.join(str(w.message).split())}",
+                                    err=True)
+                            else:
+                                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
                         docs.append(record_json(rec, files))
                     _remove(_stale_faces(out_dir, stem, len(faces)))
                     written_now = []

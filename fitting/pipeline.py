@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from morphable.geometry import depth, project, rotmat_to_angles
 from morphable.model import MorphableModel
 
 from .solver import FitOptions, FitParams, fit_landmarks
+
+if TYPE_CHECKING:
+    from morphable.texture import Texture
 
 __all__ = ["FitConfig", "Pose", "FaceFit", "CropFits", "Fitter", "fit", "fit_all", "fit_batch", "fit_crops"]
 
@@ -129,6 +132,9 @@ class FaceFit:
         box: (4,) crop box [x0, y0, x1, y1] px.
         shape, expr: (Ks,), (Ke,) model coefficients.
         model_name: the model's name.
+        uv: (N, 2) the model's texture coordinates in [0, 1] (v up), (0, 2) if it has none.
+        mirror: (N,) each vertex's mirror vertex on the mean face, or None (no mirror filling).
+        image_size: (H, W) of the photo, px, or None.
     """
 
     vertices_img: np.ndarray
@@ -144,6 +150,9 @@ class FaceFit:
     shape: np.ndarray = field(default_factory=lambda: np.zeros(0))
     expr: np.ndarray = field(default_factory=lambda: np.zeros(0))
     model_name: str = ""
+    uv: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)
+    mirror: Optional[np.ndarray] = field(default=None, repr=False)
+    image_size: Optional[tuple] = None
 
     @property
     def pose(self) -> Pose:
@@ -156,6 +165,58 @@ class FaceFit:
         import trimesh
 
         return trimesh.Trimesh(self.vertices_img, self.triangles, process=False)
+
+    def texture(self, image, size: int = 1024, **kw) -> "Texture":
+        """The face's UV texture sampled from its photo, hidden parts filled from the mirror side.
+
+        Args:
+            image: the photo the face was fitted in: path, (H, W, 3) uint8 RGB array or PIL image.
+            size: texture side, texels.
+            kw: more :func:`morphable.texture.sample_texture` options (``min_cos``, ``tol``, ...).
+
+        Returns:
+            :class:`morphable.texture.Texture`: the (size, size, 3) texture image, the mesh in the
+            image-aligned right-handed frame, and ``.save("face.glb" | "face.obj")``.
+
+        Raises:
+            ModelFormatError: the model has no texture coordinates.
+            InputError: the image is not the photo's size.
+
+        A face smaller than 64 px (the larger side of its 68 landmarks' box) gets a
+        :class:`~morphable.errors.MorphableWarning`; the texture is still made.
+        """
+        from morphable.texture import face_size_px, sample_texture
+
+        from .images import load_image
+
+        img = load_image(image)
+        if self.image_size is not None and tuple(img.shape[:2]) != tuple(self.image_size):
+            raise InputError(f"the image is {img.shape[1]} x {img.shape[0]} px but the face was fitted in a "
+                             f"{self.image_size[1]} x {self.image_size[0]} px photo; pass that photo")
+        kw.setdefault("face_px", face_size_px(self.landmarks))
+        return sample_texture(img, self.vertices_img, self.triangles, self.uv, mirror=self.mirror, size=size, **kw)
+
+    def _size(self, shape) -> tuple:
+        if shape is not None:
+            return int(shape[0]), int(shape[1])
+        if self.image_size is None:
+            raise InputError("the photo's size is unknown: pass shape=(H, W)")
+        return int(self.image_size[0]), int(self.image_size[1])
+
+    def depth_map(self, shape: Optional[tuple] = None) -> np.ndarray:
+        """(H, W) float64 depth of the face at each pixel of the photo, px (the image's pixel
+        scale), larger = nearer the camera, NaN off the face (:func:`morphable.render.depth_map`).
+        ``shape`` = (H, W), default the photo's."""
+        from morphable.render import depth_map
+
+        return depth_map(self.vertices_img, self.triangles, *self._size(shape))
+
+    def normal_map(self, shape: Optional[tuple] = None) -> np.ndarray:
+        """(H, W, 3) float64 unit surface normals at each pixel of the photo in the view frame (x
+        right, y up, z toward the camera), 0 off the face (:func:`morphable.render.normal_map`)."""
+        from morphable.render import normal_map
+
+        return normal_map(self.vertices_img, self.triangles, *self._size(shape))
 
 
 @dataclass
@@ -182,6 +243,7 @@ class CropFits:
     converged: torch.Tensor
     boxes: np.ndarray
     timings: dict
+    image_sizes: Optional[np.ndarray] = None
 
 
 class Fitter:
@@ -305,7 +367,8 @@ class Fitter:
             err = (lm - tgt).norm(dim=-1)
             rmse = torch.sqrt((w * err * err).sum(-1) / w.sum(-1).clamp_min(1e-12))
         lm3d = torch.cat([lm, depth(X, R, params.scale)[..., None]], -1)
-        return CropFits(params, lm, lm3d, R, head, rmse, conv, boxes, timings)
+        sizes = np.array([np.shape(im)[:2] for im in images], dtype=np.int64)
+        return CropFits(params, lm, lm3d, R, head, rmse, conv, boxes, timings, image_sizes=sizes)
 
     def faces(self, fits: CropFits, i: int) -> FaceFit:
         """The :class:`FaceFit` of face ``i`` of a batch (builds the full mesh)."""
@@ -326,7 +389,28 @@ class Fitter:
             rmse=float(fits.rmse[i]), converged=bool(fits.converged[i]),
             box=np.array([b[0], b[1], b[0] + b[2], b[1] + b[2]], dtype=np.float64),
             shape=p.shape[0].detach().cpu().numpy(), expr=p.expr[0].detach().cpu().numpy(),
-            model_name=self.model.name)
+            model_name=self.model.name, uv=self.uv, mirror=self.mirror,
+            image_size=None if fits.image_sizes is None else tuple(int(v) for v in fits.image_sizes[i]))
+
+    @property
+    def uv(self) -> np.ndarray:
+        """(N, 2) float64 the model's texture coordinates ((0, 2) without), one array for every face."""
+        if not hasattr(self, "_uv"):
+            self._uv = self.model.uv.detach().cpu().numpy().astype(np.float64).reshape(-1, 2)
+            self._uv.setflags(write=False)  # shared by every FaceFit
+        return self._uv
+
+    @property
+    def mirror(self) -> Optional[np.ndarray]:
+        """(N,) each vertex's mirror vertex on the mean face, for the texture's hidden side (computed
+        once, a k-d tree query; None for a model without UVs)."""
+        if not hasattr(self, "_mirror"):
+            from morphable.landmark_definition import mirror_vertices
+
+            self._mirror = mirror_vertices(self.model.mean.detach().cpu().float()).numpy() if len(self.uv) else None
+            if self._mirror is not None:
+                self._mirror.setflags(write=False)
+        return self._mirror
 
     # ----------------------------------------------------------------- user API
     def fit_all(self, image, boxes=None, landmarks=None, bgr: bool = False) -> list[FaceFit]:

@@ -20,3 +20,8 @@ class InputError(MorphableError, ValueError):
 
 class WeightsError(MorphableError, ValueError):
     """A network weight file is missing, truncated, unsafe or of another architecture."""
+
+
+class MorphableWarning(UserWarning):
+    """A result was produced but is of limited use (e.g. a texture from a face only a few pixels
+    wide); the message says why and what would help."""

@@ -9,6 +9,8 @@ trimesh's OBJ importer re-indexes vertices and drops unreferenced ones when the 
   per vertex: faces read ``f a/a b/b c/c``), and, with a texture image, ``<stem>.mtl`` +
   ``<stem>.png`` beside the OBJ. Coordinates are written with 8 decimals.
 * ``.ply``: binary little-endian; float32 positions, uint8 RGBA colours, float ``s``/``t`` UVs.
+* ``.glb`` (write only, :func:`write_textured`): binary glTF 2.0 with the texture embedded, for
+  browser viewers (glTF stores v down; the exporter flips it).
 
 Writes are atomic: each file goes to a temporary name in the same folder, then ``os.replace``.
 Triangles are 0-based (T, 3) in memory; the model's are counter-clockwise seen from outside.
@@ -23,12 +25,14 @@ import numpy as np
 
 from .errors import InputError, ModelFormatError
 
-__all__ = ["write_mesh", "read_mesh", "MESH_SUFFIXES"]
+__all__ = ["write_mesh", "read_mesh", "write_textured", "textured_trimesh", "MESH_SUFFIXES", "TEXTURED_SUFFIXES"]
 
 PathLike = Union[str, os.PathLike]
 #: numpy arrays, torch tensors (detached to the CPU) or nested sequences.
 ArrayLike = Any
 MESH_SUFFIXES = (".obj", ".ply")
+#: What :func:`write_textured` writes: OBJ (+ MTL + PNG beside it) or binary glTF.
+TEXTURED_SUFFIXES = (".obj", ".glb")
 
 
 def _np(a, name: str) -> Optional[np.ndarray]:
@@ -153,6 +157,65 @@ def write_mesh(path: PathLike, vertices: ArrayLike, triangles: ArrayLike, colors
     for name, data in files.items():  # texture image and .mtl first, the OBJ last
         _atomic_write(path.parent / name, data)
     _atomic_write(path, text if text.endswith("\n") else text + "\n")
+    return path
+
+
+def _pil(texture):
+    from PIL import Image
+
+    if isinstance(texture, Image.Image):
+        return texture.convert("RGB")
+    a = np.ascontiguousarray(_np(texture, "texture"))
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8:
+        raise InputError(f"texture must be an (H, W, 3) uint8 RGB image, got {a.dtype} {a.shape}")
+    return Image.fromarray(a[..., :3])
+
+
+def textured_trimesh(vertices: ArrayLike, triangles: ArrayLike, uv: ArrayLike, texture: ArrayLike):
+    """A ``trimesh.Trimesh`` with ``TextureVisuals`` (``visual.kind == 'texture'``), vertex order kept.
+
+    Args:
+        vertices: (N, 3) float; triangles: (T, 3) int, 0-based.
+        uv: (N, 2) per-vertex texture coordinates in [0, 1], v up (OBJ/OpenGL).
+        texture: (S_h, S_w, 3) uint8 RGB (row 0 = v 1) or a PIL image.
+
+    The material is a matte, double-sided PBR material (metallic 0, roughness 1), so browser
+    glTF viewers show the texture as it is and the open mesh from behind as well.
+    """
+    import trimesh
+
+    V, T, UV = (_np(a, n) for a, n in ((vertices, "vertices"), (triangles, "triangles"), (uv, "uv")))
+    if V is None or V.ndim != 2 or V.shape[1] != 3 or not np.isfinite(V).all():
+        raise InputError(f"vertices must be finite (N, 3), got {None if V is None else V.shape}")
+    if T is None or T.ndim != 2 or T.shape[1] != 3 or (T.size and (T.min() < 0 or T.max() >= len(V))):
+        raise InputError(f"triangles must be (T, 3) ids in 0..{len(V) - 1}")
+    if UV is None or UV.shape != (len(V), 2) or not np.isfinite(UV).all():
+        raise InputError(f"uv must be finite (N={len(V)}, 2), got {None if UV is None else UV.shape}")
+    mat = trimesh.visual.material.PBRMaterial(name="texture", baseColorTexture=_pil(texture), metallicFactor=0.0,
+                                              roughnessFactor=1.0, doubleSided=True)
+    return trimesh.Trimesh(V.astype(np.float64), T.astype(np.int64), process=False, validate=False,
+                           visual=trimesh.visual.TextureVisuals(uv=UV.astype(np.float64), material=mat))
+
+
+def write_textured(path: PathLike, vertices: ArrayLike, triangles: ArrayLike, uv: ArrayLike,
+                   texture: ArrayLike) -> Path:
+    """Write a textured mesh that Blender, MeshLab and browser glTF viewers open, by suffix:
+
+    * ``.obj``: the OBJ with one ``vt`` per vertex, ``<stem>.mtl`` and the texture as
+      ``<stem>.png`` beside it (:func:`write_mesh`);
+    * ``.glb``: one binary glTF file with the PNG texture inside (:func:`textured_trimesh`).
+
+    Vertex order is kept; the write is atomic. Returns the path written.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TEXTURED_SUFFIXES:
+        raise InputError(f"{path}: a textured mesh is written as .obj (+ .mtl + .png) or .glb, not {suffix!r}")
+    if suffix == ".obj":
+        return write_mesh(path, vertices, triangles, uv=uv, texture=_pil(texture))
+    data = textured_trimesh(vertices, triangles, uv, texture).export(file_type="glb")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, data)
     return path
 
 

@@ -95,12 +95,11 @@ class LandmarkSelection:
 
 def mirror_vertices(mean: torch.Tensor) -> torch.Tensor:
     """(N,) for each vertex of the mean face (N, 3) mm, the vertex nearest to its mirror image (x -> -x)."""
-    m = mean.clone()
-    m[:, 0] = -m[:, 0]
-    out = torch.empty(mean.shape[0], dtype=torch.long)
-    for s in range(0, mean.shape[0], 2048):
-        out[s:s + 2048] = torch.cdist(m[s:s + 2048], mean).argmin(1)
-    return out
+    from scipy.spatial import cKDTree
+
+    v = mean.detach().cpu().double().numpy()
+    _, idx = cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]))
+    return torch.as_tensor(np.asarray(idx, dtype=np.int64))
 
 
 def select_landmark_vertices(model, shape: torch.Tensor, expr: torch.Tensor, rotation: torch.Tensor,

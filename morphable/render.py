@@ -21,8 +21,9 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["rasterize", "barycentric", "vertex_normals", "shade", "render_shaded", "overlay",
-           "draw_landmarks", "draw_axes", "vertex_visibility", "sample_colors"]
+__all__ = ["rasterize", "barycentric", "face_normals", "vertex_normals", "shade", "render_shaded", "overlay",
+           "draw_landmarks", "draw_axes", "vertex_visibility", "sample_colors", "sample_bilinear", "depth_map",
+           "normal_map", "render_textured"]
 
 _CHUNK = 2_000_000  # candidate pixels per NumPy pass
 
@@ -130,14 +131,26 @@ def barycentric(tri_id: np.ndarray, vertices_img, triangles) -> np.ndarray:
     return out
 
 
+def face_normals(vertices_img, triangles, unit: bool = True) -> np.ndarray:
+    """Triangle normals (T, 3) in the **view frame** of :func:`vertex_normals` (x right, y up, z
+    toward the viewer). ``unit=False`` keeps the length 2 * area (px^2); degenerate triangles get
+    0. A triangle faces the camera when its normal's z > 0 (counter-clockwise on screen, y up)."""
+    V, T = _as_mesh(vertices_img, triangles)
+    Vr = V * np.array([1.0, -1.0, 1.0])
+    fn = np.cross(Vr[T[:, 1]] - Vr[T[:, 0]], Vr[T[:, 2]] - Vr[T[:, 0]])
+    if unit:
+        norm = np.linalg.norm(fn, axis=1, keepdims=True)
+        fn = fn / np.where(norm > 0, norm, 1.0)
+    return fn
+
+
 def vertex_normals(vertices_img, triangles) -> np.ndarray:
     """Unit vertex normals (N, 3) in a right-handed **view frame** (x right, y up, z toward the
     viewer): the image frame with y flipped. Area-weighted mean of the adjacent face normals;
     faces wound counter-clockwise in the model frame (seen from outside) give outward normals."""
     V, T = _as_mesh(vertices_img, triangles)
-    Vr = V * np.array([1.0, -1.0, 1.0])
-    fn = np.cross(Vr[T[:, 1]] - Vr[T[:, 0]], Vr[T[:, 2]] - Vr[T[:, 0]])  # length = 2 * area
-    n = np.zeros_like(Vr)
+    fn = face_normals(V, T, unit=False)  # length = 2 * area
+    n = np.zeros_like(V)
     for k in range(3):
         for j in range(3):
             n[:, j] += np.bincount(T[:, k], weights=fn[:, j], minlength=len(V))
@@ -303,14 +316,82 @@ def sample_colors(image: np.ndarray, vertices_img, visible=None, neutral: Sequen
     if visible is not None:
         ok &= np.asarray(visible, dtype=bool).reshape(N)
     if ok.any():
-        x = np.clip(V[ok, 0], 0.0, W - 1.0)
-        y = np.clip(V[ok, 1], 0.0, H - 1.0)
-        x0 = np.minimum(np.floor(x).astype(np.int64), W - 2) if W > 1 else np.zeros(len(x), np.int64)
-        y0 = np.minimum(np.floor(y).astype(np.int64), H - 2) if H > 1 else np.zeros(len(y), np.int64)
-        x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
-        fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-        im = img[..., :3].astype(np.float64)
-        c = (im[y0, x0] * (1 - fx) * (1 - fy) + im[y0, x1] * fx * (1 - fy)
-             + im[y1, x0] * (1 - fx) * fy + im[y1, x1] * fx * fy)
-        out[ok] = np.clip(np.rint(c), 0, 255).astype(np.uint8)
+        out[ok] = np.clip(np.rint(sample_bilinear(img[..., :3], V[ok, 0], V[ok, 1])), 0, 255).astype(np.uint8)
     return out
+
+
+def sample_bilinear(image: np.ndarray, x, y) -> np.ndarray:
+    """Bilinear samples (M, C) float64 of an (H, W, C) image at pixel positions ``x``, ``y`` (M,)
+    (pixel centres at integers, y down); positions outside are clamped to the border pixels."""
+    img = np.asarray(image)
+    H, W = img.shape[:2]
+    x = np.clip(np.asarray(x, dtype=np.float64).reshape(-1), 0.0, W - 1.0)
+    y = np.clip(np.asarray(y, dtype=np.float64).reshape(-1), 0.0, H - 1.0)
+    x0 = np.minimum(np.floor(x).astype(np.int64), W - 2) if W > 1 else np.zeros(len(x), np.int64)
+    y0 = np.minimum(np.floor(y).astype(np.int64), H - 2) if H > 1 else np.zeros(len(y), np.int64)
+    x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    im = img.reshape(H, W, -1)
+    return (im[y0, x0] * (1 - fx) * (1 - fy) + im[y0, x1] * fx * (1 - fy)
+            + im[y1, x0] * (1 - fx) * fy + im[y1, x1] * fx * fy)
+
+
+def depth_map(vertices_img, triangles, H: int, W: int) -> np.ndarray:
+    """Depth of the nearest surface at each pixel centre: (H, W) float64, pixels, **larger =
+    nearer** the camera (the ``z`` of ``vertices_img``), NaN where no triangle is drawn."""
+    depth, _ = rasterize(vertices_img, triangles, H, W)
+    return np.where(np.isfinite(depth), depth, np.nan)
+
+
+def normal_map(vertices_img, triangles, H: int, W: int, smooth: bool = True,
+               tri_id: Optional[np.ndarray] = None) -> np.ndarray:
+    """Surface normals at each pixel centre: (H, W, 3) float64 unit vectors in the view frame of
+    :func:`vertex_normals` (x right, y **up**, z toward the viewer), 0 where nothing is drawn.
+
+    ``smooth``: the vertex normals interpolated across each triangle and renormalised (else the
+    flat triangle normal). Pass ``tri_id`` to reuse a :func:`rasterize` result.
+    """
+    V, T = _as_mesh(vertices_img, triangles)
+    if tri_id is None:
+        _, tri_id = rasterize(V, T, H, W)
+    out = np.zeros(tri_id.shape + (3,))
+    mask = tri_id >= 0
+    if not mask.any():
+        return out
+    if smooth:
+        bc = barycentric(tri_id, V, T)[mask]  # (M, 3)
+        n = (bc[..., None] * vertex_normals(V, T)[T[tri_id[mask]]]).sum(1)
+    else:
+        n = face_normals(V, T)[tri_id[mask]]
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    out[mask] = n / np.where(norm > 0, norm, 1.0)
+    return out
+
+
+def render_textured(vertices_img, triangles, uv, texture: np.ndarray, H: int, W: int,
+                    light: Optional[Sequence[float]] = (0.3, 0.3, 1.0), ambient: float = 0.6):
+    """A textured rendering: (rgb (H, W, 3) uint8, mask (H, W) bool).
+
+    Each pixel's ``uv`` (N, 2) in [0, 1] (OBJ convention: v up, so texture row 0 is v = 1) is
+    interpolated across its triangle and the (S_h, S_w, 3) uint8 ``texture`` is sampled
+    bilinearly there; with ``light`` the colour is scaled by the Lambert shading of
+    :func:`shade` (``light=None``: unlit, the texture as is).
+    """
+    V, T = _as_mesh(vertices_img, triangles)
+    UV = np.asarray(uv, dtype=np.float64).reshape(len(V), 2)
+    tex = np.ascontiguousarray(texture)
+    _, tid = rasterize(V, T, H, W)
+    mask = tid >= 0
+    rgb = np.zeros((H, W, 3), dtype=np.uint8)
+    if not mask.any():
+        return rgb, mask
+    bc = barycentric(tid, V, T)[mask]  # (M, 3)
+    corners = T[tid[mask]]  # (M, 3)
+    p = (bc[..., None] * UV[corners]).sum(1)
+    th, tw = tex.shape[:2]
+    col = sample_bilinear(tex[..., :3], p[:, 0] * tw - 0.5, (1.0 - p[:, 1]) * th - 0.5)
+    if light is not None:
+        inten = shade(V, T, light=light, ambient=ambient)
+        col *= (bc * inten[corners]).sum(1)[:, None]
+    rgb[mask] = np.clip(np.rint(col), 0, 255).astype(np.uint8)
+    return rgb, mask

@@ -222,3 +222,63 @@ def test_options_use_the_pipeline_config(tmp_path, fake_pipeline):
     args = types.SimpleNamespace(no_lm=True, iterations=None, model="m.h5", weights=None, device="cpu")
     cfg = build_options(args, types.SimpleNamespace(FitConfig=FitConfig))
     assert cfg == FitConfig(model="m.h5", refine=False, iterations=5)
+
+
+def test_texture_depth_and_normals_outputs(folder, tmp_path, fake_pipeline, monkeypatch, ict_model, capsys):
+    """--texture --save depth,normals: the textured OBJ/MTL/PNG, the GLB and both maps beside the
+    usual three files; a face this small (~40 px) is warned about and still written."""
+    import dataclasses
+
+    import trimesh
+
+    mod = sys.modules["fitting.pipeline"]
+    plain = mod.fit_all
+    uv = ict_model.uv.double().numpy()
+    monkeypatch.setattr(mod, "fit_all", lambda image, options: [dataclasses.replace(f, uv=uv)
+                                                                for f in plain(image, options)])
+    out = tmp_path / "out"
+    rc = main(["fit", str(folder / "a.jpg"), "--out", str(out), "--texture", "--save", "depth,normals",
+               "--texture-size", "64"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["a.glb", "a.json", "a.obj", "a_depth.png", "a_normals.png", "a_overlay.png", "a_textured.mtl",
+                     "a_textured.obj", "a_textured.png"]
+    assert "morphable: warning:" in err and "under 64 px" in err
+    assert trimesh.load(out / "a_textured.obj", process=False).visual.kind == "texture"
+    (g,) = trimesh.load(out / "a.glb").geometry.values()
+    assert g.visual.kind == "texture" and len(g.vertices) == ict_model.n_vertices
+    d = json.loads((out / "a.json").read_text())
+    assert d["files"]["glb"] == "a.glb" and d["files"]["depth"] == "a_depth.png"
+    # the 16-bit depth PNG decodes to the rasteriser's depth map by the rule in the JSON
+    import cv2
+
+    from morphable.render import depth_map
+
+    face = plain(np.asarray(Image.open(folder / "a.jpg").convert("RGB")), None)[0]
+    val = cv2.imread(str(out / "a_depth.png"), cv2.IMREAD_UNCHANGED)
+    assert val.dtype == np.uint16 and val.shape == (80, 96)
+    far, near = d["depth_png"]["far_px"], d["depth_png"]["near_px"]
+    want = depth_map(face.vertices_img, face.triangles, 80, 96)
+    assert ((val > 0) == np.isfinite(want)).all()
+    got = far + (val[val > 0].astype(float) - 1) * (near - far) / 65534
+    assert np.abs(got - want[val > 0]).max() <= (near - far) / 65534
+    nrm = np.asarray(Image.open(out / "a_normals.png"))
+    assert nrm.shape == (80, 96, 3) and (nrm[val == 0] == 0).all() and nrm[val > 0, 2].min() > 127  # faces us
+    # resume counts the extras: all there -> skipped
+    assert main(["fit", str(folder / "a.jpg"), "--out", str(out), "--texture", "--save", "depth,normals",
+                 "--resume"]) == 0
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_texture_without_uv_stops_before_writing(folder, tmp_path, fake_pipeline, capsys):
+    out = tmp_path / "out"
+    assert main(["fit", str(folder / "a.jpg"), str(folder / "b.png"), "--out", str(out), "--texture"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("no texture coordinates") == 1  # fatal for the run, said once
+    assert not list(out.glob("a*"))
+
+
+def test_bad_save_list(tmp_path, capsys):
+    assert main(["fit", "--example", "--out", str(tmp_path / "o"), "--save", "depth,bogus"]) == 2
+    assert "unknown output bogus" in capsys.readouterr().err

@@ -89,3 +89,24 @@ def test_failed_write_leaves_no_partial_file(tmp_path, ict_model, monkeypatch):
         write_face(_record(ict_model, angles_deg=[1.0, 2.0, 3.0]), tmp_path)
     assert (tmp_path / "photo.json").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_extra_outputs_paths_and_no_uv(tmp_path, ict_model):
+    from morphable.errors import ModelFormatError
+
+    p = output_paths("out", "img", 1, extras=("normals", "texture", "depth"))
+    assert [p[k].name for k in ("textured_obj", "textured_mtl", "texture", "glb", "depth", "normals")] == [
+        "img_1_textured.obj", "img_1_textured.mtl", "img_1_textured.png", "img_1.glb", "img_1_depth.png",
+        "img_1_normals.png"]
+    assert list(output_paths("out", "img")) == ["mesh", "json", "overlay"]  # the defaults are unchanged
+    with pytest.raises(ValueError, match="unknown output"):
+        output_paths("out", "img", extras=("shadows",))
+    with pytest.raises(ModelFormatError, match="no texture coordinates"):
+        write_face(_record(ict_model), tmp_path, extras=("texture",))  # rec.uv is None
+    assert not list(tmp_path.iterdir())  # refused before any file was written
+    files = write_face(_record(ict_model, uv=ict_model.uv.numpy()), tmp_path, extras=("texture", "depth"),
+                       texture_size=32)
+    assert set(files) == {"mesh", "json", "overlay", "textured_obj", "textured_mtl", "texture", "glb", "depth"}
+    assert all(f.is_file() for f in files.values())
+    d = json.loads(files["json"].read_text())
+    assert d["depth_png"]["near_px"] > d["depth_png"]["far_px"] and "normals_png" not in d

@@ -10,7 +10,9 @@ What it does:
    AFLW2000-3D normalisation; with and without the 17 jaw points, whose convention differs);
 3. picks ``--n`` faces spread from frontal to profile by the fitted |yaw| and draws, for each,
    the CLI's overlay PNG beside the fitted OBJ rendered from the front and from the side;
-4. writes ``docs/img/gallery/*.png`` and ``docs/gallery.md`` (every number read from the JSON).
+4. runs ``morphable fit --example --texture`` and draws the UV texture it wrote beside its
+   textured OBJ, turned either way (``textured_turned.png``);
+5. writes ``docs/img/gallery/*.png`` and ``docs/gallery.md`` (every number read from the JSON).
 
 Photo licences: scikit-image's astronaut is public domain. The faces68 photos are research-only
 and their README says not to redistribute them, so by default the page shows for those only
@@ -60,8 +62,9 @@ def _cli() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "morphable.cli"]
 
 
-def run_cli(inputs: list[str], out: Path, weights: str | None, example: bool = True) -> tuple[list[str], dict]:
-    cmd = [*_cli(), "fit", *(["--example"] if example else []), *inputs, "--out", str(out), "--json"]
+def run_cli(inputs: list[str], out: Path, weights: str | None, example: bool = True,
+            options: tuple[str, ...] = ()) -> tuple[list[str], dict]:
+    cmd = [*_cli(), "fit", *(["--example"] if example else []), *options, *inputs, "--out", str(out), "--json"]
     if weights:
         cmd += ["--weights", weights]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -99,17 +102,41 @@ def mesh_views(obj: Path, image_hw: tuple[int, int], landmarks: np.ndarray, yaw_
     rgb = draw_landmarks(rgb, landmarks, color=(0, 200, 0), radius=max(2, int(round((x1 - x0) / 90))))
     views = [_tile(rgb, (x0, y0, x1, y1))]
     # side view: turn the mesh so its far side comes into view
-    c = V.mean(0)
-    a = math.radians(-70.0 if yaw_deg >= 0 else 70.0)
-    Ry = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
-    S = (V - c) @ Ry.T
-    ext = float(np.ptp(S[:, :2], axis=0).max())
-    k = 0.8 * TILE / ext
-    side = np.c_[S[:, 0] * k + TILE / 2, -S[:, 1] * k + TILE / 2, S[:, 2] * k]
-    rgb, mask = render_shaded(side, T, TILE, TILE, color=(205, 205, 210))
+    rgb, mask = render_shaded(turned(V, -70.0 if yaw_deg >= 0 else 70.0, TILE), T, TILE, TILE, color=(205, 205, 210))
     rgb[~mask] = 255
     views.append(rgb)
     return views
+
+
+def turned(V: np.ndarray, deg: float, size: int, fill: float = 0.8) -> np.ndarray:
+    """Mesh-frame vertices (N, 3) (x right, y up, z toward the camera) turned by ``deg`` about the
+    vertical axis through their mean, as image-frame vertices (x, y px down, depth) filling
+    ``fill`` of a ``size`` x ``size`` picture."""
+    a = math.radians(deg)
+    Ry = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    S = (V - V.mean(0)) @ Ry.T
+    k = fill * size / float(np.ptp(S[:, :2], axis=0).max())
+    return np.c_[S[:, 0] * k + size / 2, -S[:, 1] * k + size / 2, S[:, 2] * k]
+
+
+def textured_views(obj: Path, deg: float = 40.0) -> list[np.ndarray]:
+    """The textured OBJ of ``morphable fit --texture`` (``<stem>_textured.obj`` + its ``.png``)
+    turned by -``deg`` and +``deg``, rendered with its texture (anti-aliased: drawn at twice the
+    size, then reduced), and the texture itself, each TILE x TILE."""
+    import cv2
+    from PIL import Image
+
+    from morphable.export import read_mesh
+    from morphable.render import render_textured
+
+    V, T, _, uv = read_mesh(obj)
+    tex = np.asarray(Image.open(obj.with_suffix(".png")).convert("RGB"))
+    tiles = [cv2.resize(tex, (TILE, TILE), interpolation=cv2.INTER_AREA)]
+    for d in (-deg, deg):
+        rgb, mask = render_textured(turned(V, d, 2 * TILE, fill=0.85), T, uv, tex, 2 * TILE, 2 * TILE)
+        rgb[~mask] = 255
+        tiles.append(cv2.resize(rgb, (TILE, TILE), interpolation=cv2.INTER_AREA))
+    return tiles
 
 
 def labelled(rgb: np.ndarray, text: str) -> np.ndarray:
@@ -200,6 +227,14 @@ def main(argv=None) -> int:
             path = a.img_dir / f"{d['stem']}.png"
             figlib.save_png(strip, path)
             rows.append((d, path, photo_ok))
+        tex_cmd, tex_res = run_cli([], out / "textured", str(weights) if a.weights else None, options=("--texture",))
+        tex_doc = next(f for item in tex_res["images"] if item["status"] == "ok" for f in item["faces"])
+        views = textured_views(out / "textured" / tex_doc["files"]["textured_obj"])
+        tiles = [labelled(v, t) for v, t in zip(views, ("UV texture (_textured.png)", "textured mesh, turned -40 deg",
+                                                           "textured mesh, turned +40 deg"))]
+        tex_path = a.img_dir / "textured_turned.png"
+        figlib.save_png(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], 1),
+                        tex_path)
 
     page = a.out
     rel = lambda p: Path(os.path.relpath(p, page.parent)).as_posix()  # noqa: E731
@@ -225,6 +260,14 @@ def main(argv=None) -> int:
               f"{'–' if d.get('rmse_px') is None else format(d['rmse_px'], '.2f')} px"
               f"{'' if d.get('converged') else ' (not converged)'}{score}.", "",
               f"![{d['stem']}]({rel(path)})", ""]
+    tex_shown = "morphable fit --example --texture --out textured/" + (f" --weights {a.weights}" if a.weights else "")
+    L += ["## Textured mesh", "",
+          f"`{tex_shown}` also writes the face's UV texture sampled from the photo "
+          f"(`{tex_doc['files']['texture']}`: only the surface the camera sees, the hidden side filled from its "
+          f"mirror where the layout allows, the rest and the seams padded from the texels around) with "
+          f"`{tex_doc['files']['textured_obj']}` + `.mtl` for Blender and MeshLab and `{tex_doc['files']['glb']}` "
+          "for browser viewers. Left: the texture; then the textured OBJ turned by 40° either way.", "",
+          f"![textured mesh]({rel(tex_path)})", ""]
     L += ["## Every photo", "",
           "All fitted photos, by |yaw|. NME = mean landmark error / sqrt(w·h) of the `.pts` box × 100. The "
           "`.pts` are 300-W markup: on turned faces their jaw follows the visible outline while our landmarks "
