@@ -1,0 +1,101 @@
+"""Score weight files on the validation split of a label file, balanced by |yaw| like the benchmark.
+
+    python -m regressors.validate --labels LABELS.npz WEIGHTS [WEIGHTS ...] [--json OUT]
+
+Checkpoints, data mixes and recipes are chosen here, never on the AFLW2000-3D dev set. The
+validation rows (``split == "val"``, ``ok``) of the label file: ytf68's test frames, 300-W's common
+subset and a 5 % hash slice of aflw21. Per face, the NME (% of sqrt(w*h) of the label landmarks'
+box) of the parameter path and of the landmark head against the labels' ``landmarks3d`` (the
+3D-style points of the fitted face), binned by the label's |yaw| into [0,30], (30,60], >60 degrees;
+``balanced`` is the mean of the three bin means, the benchmark's rule. Mostly near-frontal rows:
+the >60 bin is small (its count is printed), so its mean is the noisiest.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+#: |yaw| bin edges (degrees) of the benchmark: [0,30], (30,60], >60
+YAW_EDGES = (30.0, 60.0)
+
+
+def yaw_bins(yaw_deg: np.ndarray) -> np.ndarray:
+    """(N,) int bin of each |yaw| (degrees): 0 = [0,30], 1 = (30,60], 2 = >60."""
+    a = np.abs(np.asarray(yaw_deg, np.float64))
+    return (a > YAW_EDGES[0]).astype(int) + (a > YAW_EDGES[1]).astype(int)
+
+
+def balanced(values: np.ndarray, bins: np.ndarray) -> tuple[float, list[float], list[int]]:
+    """(mean of the non-empty bin means, the 3 bin means (NaN if empty), the 3 counts)."""
+    means = [float(values[bins == b].mean()) if (bins == b).any() else float("nan") for b in range(3)]
+    counts = [int((bins == b).sum()) for b in range(3)]
+    return float(np.nanmean(means)), means, counts
+
+
+@torch.no_grad()
+def score_weights(weights: str, labels: dict, model, data_root=None, batch: int = 128) -> dict:
+    """Validation scores of one weight file: ``{"param": {...}, "head": {...}, "yaw_err": ...}``,
+    each with ``balanced``, ``bins`` (3 means) and ``counts``; NME in percent, yaw error in degrees."""
+    from torch.utils.data import DataLoader
+
+    from morphable.geometry import rotvec_to_rotmat, rotmat_to_angles
+
+    from .data import FaceLabelDataset
+    from .losses import batch_metrics
+    from .weights import load_regressor
+
+    reg = load_regressor(weights, model=model)
+    reg.eval()
+    ds = FaceLabelDataset(labels, data_root=data_root, augment=False, expression_names=model.info.expression_names)
+    acc: dict = {}
+    for b in DataLoader(ds, batch_size=batch, shuffle=False):
+        m = batch_metrics(model, reg(b["image"]), b)
+        for k, v in m.items():
+            acc.setdefault(k, []).append(v.detach().cpu().numpy())
+    cat = {k: np.concatenate(v) for k, v in acc.items()}
+    R = rotvec_to_rotmat(torch.as_tensor(labels["rotvec"], dtype=torch.float64))
+    bins = yaw_bins(np.degrees(rotmat_to_angles(R)[:, 1].numpy()))
+    out = {}
+    for k, name in (("nme_param", "param"), ("nme_head", "head"), ("yaw_err", "yaw_err")):
+        bal, means, counts = balanced(cat[k], bins)
+        out[name] = {"balanced": bal, "bins": means, "counts": counts}
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m regressors.validate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("weights", nargs="+", help="weight files (regressors.weights format)")
+    ap.add_argument("--labels", required=True, help="pseudo-label npz (its val split is scored)")
+    ap.add_argument("--data-root", default=None, help="folder the label names are relative to (default ../shared/data)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None, help="write the scores here")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from .data import load_labels, model_for_labels, select_labels, to_frame
+
+    labels = load_labels(a.labels)
+    model = model_for_labels(None, labels)
+    labels = to_frame(labels, model.info.frame_rotation)
+    va = select_labels(labels, np.flatnonzero(labels["ok"].astype(bool) & (labels["split"] == "val")))
+    res = {}
+    print(f"validation split of {a.labels}: {len(va['name'])} faces; NME % (param path / landmark head vs labels), "
+          "by label |yaw| [0,30] / (30,60] / >60, balanced")
+    for w in a.weights:
+        r = res[w] = score_weights(w, va, model, a.data_root)
+        p, h, y = r["param"], r["head"], r["yaw_err"]
+        print(f"{w}: param {p['balanced']:.3f} ({' / '.join(f'{v:.2f}' for v in p['bins'])}), "
+              f"head {h['balanced']:.3f} ({' / '.join(f'{v:.2f}' for v in h['bins'])}), "
+              f"yaw err {y['balanced']:.2f} deg; faces per bin {p['counts']}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
