@@ -10,9 +10,10 @@ notion of a face box is, so :meth:`Detections.crop_boxes` can apply the standard
 
 Detectors:
 
-* default (:func:`make_detector` ``"auto"``): :class:`DlibCNNDetector`, dlib's MMOD CNN, which
-  finds profile faces, plus the Haar cascades for faces smaller than its working size
-  (:class:`CombinedDetector`).
+* default (:func:`make_detector` ``"auto"``): :class:`BlazeFaceDetector`, MediaPipe's BlazeFace
+  short- and full-range models run by torch (a few ms per photo, profiles included), and for the
+  photos where it finds nothing today's slower pair: dlib's MMOD CNN plus the Haar cascades for
+  faces smaller than its working size (:class:`FallbackDetector` of :class:`CombinedDetector`).
 * :class:`DlibCNNDetector`: dlib's MMOD CNN (``dlib-bin``; the public-domain model file ships
   in ``fitting/models``).
 * :class:`OpenCVDetector` (no dlib needed, the fallback): OpenCV's Haar cascades, frontal
@@ -37,8 +38,9 @@ from morphable.crop import CropBox
 from morphable.errors import InputError, MorphableError
 
 __all__ = ["Detections", "Detector", "OpenCVDetector", "DlibCNNDetector", "CombinedDetector", "BoxesDetector",
-           "MediapipeDetector", "DETECTORS", "make_detector", "default_detector", "nms", "box_iou",
-           "mediapipe_available", "dlib_detector_available"]
+           "BlazeFaceDetector", "FallbackDetector", "BLAZEFACE_CALIB", "BLAZEFACE_FLOOR", "MediapipeDetector",
+           "DETECTORS", "make_detector", "default_detector", "nms", "box_iou", "mediapipe_available",
+           "dlib_detector_available"]
 
 
 @dataclass
@@ -500,6 +502,150 @@ class CombinedDetector:
         return Detections(boxes, scores, sources)
 
 
+# --------------------------------------------------------------------------- BlazeFace (default)
+#: BlazeFace box -> 68-landmark bounding box, per model: ``(dx, dy, sw, sh, gx, gy)``. The centre
+#: moves by ``(dx * w, dy * h)`` plus ``(gx, gy)`` times the nose tip's offset from the box centre
+#: (the full-range box drifts toward the nose on turned heads); the size is ``(sw * w, sh * h)``.
+#: Fitted on the 300-W training photos (AFW, HELEN and LFPW train, 2,007 faces, never AFLW2000-3D):
+#: medians of the size ratios, least squares for the centre (``python -m benchmarks.detector_calibration``).
+BLAZEFACE_CALIB = {
+    "short": (0.0, 0.045, 0.938, 0.921, 0.056, 0.368),  # median IoU with the landmark box 0.806 -> 0.875
+    "full": (0.017, 0.075, 0.882, 0.865, -0.825, 0.259),  # 0.682 -> 0.845
+}
+#: Smallest face (68-landmark box width, fraction of the image's longer side) one whole-image pass
+#: finds reliably: short range 100 %, full range 98 % of 40 HELEN-train faces pasted at that size
+#: into 1280 x 720 frames (at 0.10: short 2 %, full 75 %).
+BLAZEFACE_FLOOR = {"short": 0.20, "full": 0.16}
+
+
+def _blazeface_calibrate(out, name: str) -> np.ndarray:
+    """Calibrated 68-landmark boxes (K, 4) of a :class:`fitting.blazeface.BlazeFaceOutput`."""
+    dx, dy, sw, sh, gx, gy = BLAZEFACE_CALIB[name]
+    b = out.boxes
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    c = (b[:, :2] + b[:, 2:]) / 2.0
+    nose = out.keypoints[:, 2] + 0.5  # pixel centre -> the boxes' edge frame
+    cx = c[:, 0] + dx * w + gx * (nose[:, 0] - c[:, 0])
+    cy = c[:, 1] + dy * h + gy * (nose[:, 1] - c[:, 1])
+    return np.stack([cx - sw * w / 2, cy - sh * h / 2, cx + sw * w / 2, cy + sh * h / 2], 1)
+
+
+def _tiles(W: int, H: int, side: float) -> list[tuple[int, int, int, int]]:
+    """Square windows ``(x0, y0, x1, y1)`` of ``side`` px every ``side / 2`` px covering a W x H image
+    (clipped to it; the last row/column flush with the far edge)."""
+    side = int(math.ceil(side))
+    step = max(1, side // 2)
+    xs = list(range(0, max(W - side, 0) + 1, step))
+    ys = list(range(0, max(H - side, 0) + 1, step))
+    if xs[-1] + side < W:
+        xs.append(W - side)
+    if ys[-1] + side < H:
+        ys.append(H - side)
+    return [(x, y, min(x + side, W), min(y + side, H)) for y in ys for x in xs]
+
+
+class BlazeFaceDetector:
+    """MediaPipe's BlazeFace (:mod:`fitting.blazeface`), the default detector: a few ms per photo.
+
+    The short-range model runs on the whole image (letterboxed to 128 x 128); the full-range model
+    (192 x 192) runs too when the short one finds nothing or when ``min_face`` asks for faces
+    smaller than the short one's floor (:data:`BLAZEFACE_FLOOR`), and on overlapping square tiles
+    when ``min_face`` is below the full-range floor as well (tiles of ``min_face`` / floor, every
+    half tile, doubling in size up to the whole image). Boxes are calibrated to the 68-landmark
+    box (:data:`BLAZEFACE_CALIB`); boxes of a later pass overlapping an earlier one are dropped.
+
+    Args:
+        min_face: smallest face to find, as a fraction of the image's shorter side (the
+            68-landmark box's larger side); smaller faces are dropped. None: whatever one pass
+            finds (faces of about 20 % of the longer side and up; 14 % when the full-range pass runs).
+        threshold: minimum BlazeFace score (MediaPipe's default 0.5).
+        max_faces: keep at most this many faces (None: all).
+        max_tiles: at most this many tiles per image (the tiles grow to stay within it).
+    """
+
+    def __init__(self, min_face: Optional[float] = None, threshold: float = 0.5, max_faces: Optional[int] = None,
+                 max_tiles: int = 64):
+        from fitting.blazeface import BlazeFace
+
+        if min_face is not None and not 0.0 < float(min_face) <= 1.0:
+            raise InputError(f"BlazeFaceDetector: min_face must be in (0, 1] (a fraction of the image side), got {min_face}")
+        self.min_face = None if min_face is None else float(min_face)
+        self.max_faces = max_faces
+        self.max_tiles = int(max_tiles)
+        self._nets = {k: BlazeFace(k, threshold=threshold) for k in ("short", "full")}
+
+    def min_face_px(self, image: np.ndarray) -> float:
+        """The smallest face (px of ``image``, 68-landmark box side) this detector looks for."""
+        L = max(image.shape[:2])
+        return self.min_face * min(image.shape[:2]) if self.min_face is not None else BLAZEFACE_FLOOR["short"] * L
+
+    def _passes(self, image: np.ndarray):
+        """(name, boxes (K, 4) calibrated, scores (K,)) of every pass, short range first."""
+        H, W = image.shape[:2]
+        L = max(H, W)
+        small = self.min_face * min(H, W) if self.min_face is not None else None
+        out = [("short", self._nets["short"](image))]
+        if len(out[0][1]) and (small is None or small >= BLAZEFACE_FLOOR["short"] * L):
+            return [(n, _blazeface_calibrate(o, n), o.scores) for n, o in out]
+        out.append(("full", self._nets["full"](image)))
+        res = [(n, _blazeface_calibrate(o, n), o.scores) for n, o in out]
+        if small is not None and small < BLAZEFACE_FLOOR["full"] * L:
+            side = small / BLAZEFACE_FLOOR["full"]
+            while side < L:
+                tiles = _tiles(W, H, side)
+                while len(tiles) > self.max_tiles:
+                    side *= 1.25
+                    tiles = _tiles(W, H, side)
+                for x0, y0, x1, y1 in tiles:
+                    o = self._nets["full"](np.ascontiguousarray(image[y0:y1, x0:x1]))
+                    if len(o):
+                        o.boxes += (x0, y0, x0, y0)
+                        o.keypoints += (x0, y0)
+                        res.append(("full", _blazeface_calibrate(o, "full"), o.scores))
+                side *= 2
+        return res
+
+    def detect(self, image: np.ndarray) -> Detections:
+        image = _check_image(image)
+        boxes, scores, sources = np.zeros((0, 4)), np.zeros(0), []
+        for name, b, sc in self._passes(image):
+            for i in range(len(b)):
+                bb = b[i:i + 1]
+                if len(boxes) and ((box_iou(bb, boxes) > 0.3).any() or (_ios(bb, boxes) > 0.5).any()):
+                    continue
+                boxes, scores = np.concatenate([boxes, bb]), np.append(scores, sc[i])
+                sources.append("blazeface-" + name)
+        if self.min_face is not None and len(boxes):
+            keep = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= self.min_face * min(image.shape[:2])
+            boxes, scores, sources = boxes[keep], scores[keep], [s for s, k in zip(sources, keep) if k]
+        order = _order(boxes, scores)
+        if self.max_faces is not None:
+            order = order[: self.max_faces]
+        return Detections(boxes[order], scores[order], [sources[i] for i in order])
+
+
+class FallbackDetector:
+    """A fast detector, and a slower one for the images where the fast one finds nothing.
+
+    ``detect`` returns the primary's faces when it finds any, else the fallback's (e.g.
+    :class:`BlazeFaceDetector` first, then MMOD + Haar for the rare photo BlazeFace misses: the
+    cost of MMOD is paid only there).
+    """
+
+    def __init__(self, primary, fallback, max_faces: Optional[int] = None):
+        self.primary, self.fallback = primary, fallback
+        self.max_faces = max_faces
+
+    def min_face_px(self, image: np.ndarray) -> float:
+        return min(getattr(d, "min_face_px", lambda im: math.inf)(image) for d in (self.primary, self.fallback))
+
+    def detect(self, image: np.ndarray) -> Detections:
+        d = self.primary.detect(image)
+        if not len(d):
+            d = self.fallback.detect(image)
+        return d[: self.max_faces] if self.max_faces is not None and len(d) > self.max_faces else d
+
+
 # --------------------------------------------------------------------------- mediapipe
 def mediapipe_available() -> bool:
     """True if ``mediapipe`` with the legacy ``solutions.face_detection`` (<= 0.10.21) imports."""
@@ -545,24 +691,30 @@ class MediapipeDetector:
 
 
 #: Names accepted by :func:`make_detector` (and ``morphable fit --detector``).
-DETECTORS = ("auto", "mmod", "mmod-dlib", "haar", "mediapipe")
+DETECTORS = ("auto", "blazeface", "mmod", "mmod-dlib", "haar", "mediapipe")
 
 
 def make_detector(name: str = "auto", max_faces: Optional[int] = None, min_face: Optional[float] = None) -> Detector:
     """A detector by name.
 
-    * ``"auto"`` (default): the MMOD CNN (profiles included) with the Haar cascades for faces
-      below its minimum size (:class:`CombinedDetector`).
-    * ``"mmod"``: :class:`DlibCNNDetector` only (run by torch). ``"mmod-dlib"``: the same model run
-      by dlib itself (slower; needs dlib). ``"haar"``: :class:`OpenCVDetector` (frontal and
-      half-profile faces of any size down to ``min_face``; weak on profiles). ``"mediapipe"``:
-      :class:`MediapipeDetector` (needs mediapipe==0.10.21).
+    * ``"auto"`` (default): :class:`BlazeFaceDetector` (a few ms), and for the photos where it finds
+      nothing the MMOD CNN (profiles included) with the Haar cascades for faces below its minimum
+      size (:class:`FallbackDetector` of the two).
+    * ``"blazeface"``: :class:`BlazeFaceDetector` only. ``"mmod"``: :class:`DlibCNNDetector` only
+      (run by torch). ``"mmod-dlib"``: the same model run by dlib itself (slower; needs dlib).
+      ``"haar"``: :class:`OpenCVDetector` (frontal and half-profile faces of any size down to
+      ``min_face``; weak on profiles). ``"mediapipe"``: :class:`MediapipeDetector` (needs
+      mediapipe==0.10.21).
 
-    ``min_face`` (fraction of the shorter image side) goes to the MMOD detector (None: its default).
+    ``min_face`` (fraction of the shorter image side) goes to BlazeFace and to the MMOD detector
+    (None: their defaults).
     """
     mk = {} if min_face is None else {"min_face": min_face}
     if name == "auto":
-        return CombinedDetector(DlibCNNDetector(**mk), OpenCVDetector(), max_faces=max_faces)
+        return FallbackDetector(BlazeFaceDetector(max_faces=max_faces, **mk),
+                                CombinedDetector(DlibCNNDetector(**mk), OpenCVDetector()), max_faces=max_faces)
+    if name == "blazeface":
+        return BlazeFaceDetector(max_faces=max_faces, **mk)
     if name == "mmod":
         return DlibCNNDetector(max_faces=max_faces, **mk)
     if name == "mmod-dlib":

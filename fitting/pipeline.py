@@ -56,13 +56,14 @@ class FitConfig:
             ``pip install -e ".[dlib]"``). The output landmarks are the model's fixed landmark
             vertices either way.
         detector: face detector when no boxes/landmarks are given (:func:`fitting.detect.make_detector`):
-            ``"auto"`` (dlib's MMOD CNN, which finds profiles, plus Haar for small faces),
-            ``"mmod"``, ``"haar"`` or ``"mediapipe"``.
+            ``"auto"`` (MediaPipe's BlazeFace, a few ms; dlib's MMOD CNN plus Haar only where it
+            finds nothing), ``"blazeface"``, ``"mmod"``, ``"haar"`` or ``"mediapipe"``.
         flip_test: also run the regressor on the mirrored crop and average the two landmark heads
             (the LM targets): head NME on the validation split 4.15 -> 3.95 % (intermediate weights of
             the shipped run), twice the regressor time.
-        min_face: smallest face the MMOD detector looks for, as a fraction of the image's shorter
-            side (None = its default 0.25; smaller finds smaller faces, slower: 0.1 costs ~6x).
+        min_face: smallest face the detector looks for, as a fraction of the image's shorter side
+            (None = the detectors' defaults: what one BlazeFace pass finds, MMOD 0.25; a small value
+            makes BlazeFace run on tiles and MMOD on a larger image, slower).
     """
 
     model: Optional[str] = None
@@ -252,7 +253,7 @@ class Fitter:
     Args:
         config: :class:`FitConfig`.
         detector: an object with ``detect(image) -> Detections`` (default: the configured
-            :func:`fitting.detect.make_detector`, MMOD + Haar for ``"auto"``).
+            :func:`fitting.detect.make_detector`, BlazeFace with MMOD + Haar as fallback for ``"auto"``).
     """
 
     def __init__(self, config: Optional[FitConfig] = None, detector=None):
