@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: benchmarks runs from it, not installed
 import figlib  # noqa: E402
 
 DATA = figlib.DOCS / "data"
