@@ -6,6 +6,7 @@ Usage::
     python -m benchmarks.lm_speed --quick --json     # < 1 minute, table then one JSON object
     python -m benchmarks.lm_speed --profile          # + torch.profiler summary at the largest batch
     python -m benchmarks.lm_speed --threads 1 --sizes 1,64,1024
+    python -m benchmarks.lm_speed --quick --baseline HEAD~1   # + the largest batch with an earlier solver, same run
 
 What is measured (every timing is a median over repeated calls; other jobs share this machine):
 
@@ -501,6 +502,12 @@ def bench_ours(model, data: SyntheticSet, start: str, iterations: int, sizes: Se
         med = statistics.median(times)
         out["sizes"][str(bs)] = {"batch": bs, "calls": len(times), "fits_per_s": bs / med, "ms_per_fit": 1e3 * med / bs,
                                  "s_per_call": med}
+        if bs <= opt.small_batch:  # the same sizes through the batched torch path, for the ratio
+            opt_b = FitOptions(max_iterations=iterations, small_batch=0)
+            tb, _ = _time_ours(model, data, init, opt_b, bs, min(n_faces, N), reps, warm)
+            mb = statistics.median(tb)
+            out["sizes"][str(bs)]["batched_path"] = {"fits_per_s": bs / mb, "ms_per_fit": 1e3 * mb / bs,
+                                                     "small_over_batched": mb / med}
         if bs == big:
             out.update(_accuracy(res, data, bs))
             out["accuracy_faces"] = bs
@@ -513,6 +520,48 @@ def bench_ours(model, data: SyntheticSet, start: str, iterations: int, sizes: Se
         out["tuned"] = {"batch": big, "chunk": opt_t.chunk, "workers": 1, "calls": len(times), "fits_per_s": big / med,
                         "ms_per_fit": 1e3 * med / big, "s_per_call": med, **_accuracy(res, data, big)}
     return out
+
+
+# --------------------------------------------------------------------------- an earlier solver
+def load_solver_at(rev: str):
+    """``fitting/solver.py`` of git revision ``rev`` as a module of its own (it imports only
+    absolute ``morphable`` names; a revision with package-relative imports gets those from today's
+    ``fitting``)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    src = subprocess.run(["git", "show", f"{rev}:fitting/solver.py"], cwd=root, capture_output=True, text=True)
+    if src.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: git show failed: {src.stderr.strip()}")
+    path = Path(tempfile.mkdtemp()) / "solver_baseline.py"
+    path.write_text(src.stdout.replace("from . import", "from fitting import"))
+    spec = importlib.util.spec_from_file_location("solver_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def bench_baseline(rev: str, model, data: SyntheticSet, batch: int, rounds: int) -> dict:
+    """fits/s at ``batch`` (5 iterations, perturbed start, default options) of today's solver and of
+    the one at ``rev``, timed in alternating rounds so both see the same machine load."""
+    old = load_solver_at(rev)
+    y, w, ini = data.noisy[:batch], data.weights[:batch], data.init.index(slice(0, batch))
+    calls = {"ours": lambda: fit_landmarks(model, y, w, ini, FitOptions(max_iterations=5)),
+             "baseline": lambda: old.fit_landmarks(model, y, w, ini, old.FitOptions(max_iterations=5))}
+    times: dict = {k: [] for k in calls}
+    for f in calls.values():
+        f()
+    for _ in range(rounds):
+        for k, f in calls.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"rev": rev, "batch": batch, "rounds": rounds, "fits_per_s": {k: batch / v for k, v in med.items()},
+            "ours_over_baseline": med["baseline"] / med["ours"]}
 
 
 # --------------------------------------------------------------------------- eos
@@ -679,8 +728,8 @@ def _env_info(threads: int) -> dict:
             "loadavg_start": list(os.getloadavg())}
 
 
-def run(sizes: Sequence[int] = (1, 64, 1024), quick: bool = False, threads: int = 1, profile: bool = False,
-        log: Callable[[str], None] = lambda s: None) -> dict:
+def run(sizes: Sequence[int] = (1, 4, 16, 64, 1024), quick: bool = False, threads: int = 1, profile: bool = False,
+        log: Callable[[str], None] = lambda s: None, baseline: Optional[str] = None) -> dict:
     """The whole benchmark; returns the JSON-ready result."""
     from morphable.registry import load_model
 
@@ -759,6 +808,10 @@ def run(sizes: Sequence[int] = (1, 64, 1024), quick: bool = False, threads: int 
         out["sfm_vs_eos"] = sec
     else:
         out["sfm_vs_eos"] = {"skipped": "eos-py or ../shared/models/sfm not available"}
+
+    if baseline:
+        log(f"baseline {baseline} ...")
+        out["baseline"] = bench_baseline(baseline, model, data, max(sizes), 2 if quick else 5)
 
     if profile:
         log("profile ...")
@@ -855,6 +908,11 @@ def format_report(out: dict) -> str:
             rows.append(f"{label:<24} {'ours, FitOptions() ' + str(nthr) + ' thread(s)':<38} {b:>5} {_f(v['fits_per_s']):>8} {v['ms_per_fit']:>8.3f} "
                         f"{acc[0]:>10} {acc[1]:>10} {ratio_key_sizes[b]:>7.1f}x")
             label = ""
+            if "batched_path" in v:
+                bp = v["batched_path"]
+                rows.append(f"{'':<24} {'  same, batched torch path':<38} {b:>5} {_f(bp['fits_per_s']):>8} {bp['ms_per_fit']:>8.3f} "
+                            f"{'':>10} {'':>10} {bp['fits_per_s'] / v['fits_per_s'] * ratio_key_sizes[b]:>7.1f}x"
+                            f"  (small-batch path {bp['small_over_batched']:.1f}x faster)")
         if "tuned" in o:
             v = o["tuned"]
             rows.append(f"{'':<24} {'ours, FitOptions(workers=1)':<38} {v['batch']:>5} {_f(v['fits_per_s']):>8} "
@@ -913,6 +971,11 @@ def format_report(out: dict) -> str:
             line += (f"; faster than eos at <= its clean RMSE: {yes(r['faster_than_eos_at_le_rmse_clean'])}"
                      + (f" ({'/'.join(map(str, r['faster_than_eos_iterations']))} it)" if r["faster_than_eos_iterations"] else ""))
         L.append(line)
+    if "baseline" in out:
+        b = out["baseline"]
+        L += ["", f"BASELINE batch {b['batch']}, 5 it, perturbed start, {b['rounds']} alternating rounds: ours "
+              f"{b['fits_per_s']['ours']:,.0f} fits/s, solver of {b['rev']} {b['fits_per_s']['baseline']:,.0f} fits/s "
+              f"(ours/baseline {b['ours_over_baseline']:.2f}x)"]
     for p in out.get("profile", []):
         L += ["", f"PROFILE ours at batch {p['batch']}, {p['iterations']} it, {p['start']} start, chunk {p['chunk']}: "
               f"{p['wall_s_profiled']:.2f} s wall under the profiler (its per-op overhead inflates this), "
@@ -946,7 +1009,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--json", action="store_true", help="also print one JSON object (after the table)")
     ap.add_argument("--threads", type=int, choices=(1, 2), default=2,
                     help="torch/BLAS threads; the solver runs one worker per thread (default 2, this machine's cores)")
-    ap.add_argument("--sizes", default="1,64,1024", help="comma-separated batch sizes (default 1,64,1024)")
+    ap.add_argument("--sizes", default="1,4,16,64,1024", help="comma-separated batch sizes (default 1,4,16,64,1024)")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also time the largest batch with fitting/solver.py of git revision REV, interleaved with ours "
+                         "in this run (e.g. HEAD~1): the throughput check of a solver change")
     ap.add_argument("--profile", action="store_true", help="torch.profiler summary at the largest batch")
     ap.add_argument("--no-reexec", action="store_true", help="do not restart with OMP/MKL/OPENBLAS_NUM_THREADS set")
     args = ap.parse_args(argv)
@@ -958,7 +1024,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error("--sizes needs positive batch sizes")
     if not args.no_reexec:
         _ensure_thread_env(list(sys.argv[1:] if argv is None else argv))
-    out = run(sizes, args.quick, args.threads, args.profile, log=lambda s: print(s, file=sys.stderr, flush=True))
+    out = run(sizes, args.quick, args.threads, args.profile, log=lambda s: print(s, file=sys.stderr, flush=True),
+              baseline=args.baseline)
     print(format_report(out))
     if args.json:
         print(json.dumps(out, default=float))

@@ -52,6 +52,8 @@ from morphable.errors import InputError
 from morphable.geometry import project, rotmat_to_rotvec, rotvec_to_rotmat, skew
 from morphable.model import MorphableModel
 
+from . import lm_small
+
 __all__ = ["FitOptions", "FitParams", "FitResult", "fit_landmarks", "initial_pose", "JAW_RIGHT", "JAW_LEFT"]
 
 #: iBUG-68 indices of the jaw outline on the image-left (subject's right) and image-right sides.
@@ -95,6 +97,10 @@ class FitOptions:
             (0 = torch's thread budget, ``torch.get_num_threads()``; 1 = the calling thread only).
             CUDA inputs always use the calling thread. When there are fewer chunks than workers,
             chunks are split down to 16 faces so that every worker has one.
+        small_batch: batches of at most this many faces on the CPU (l2 loss, 3D contour, no
+            autograd) run the same iteration one face at a time in numpy/LAPACK
+            (:mod:`fitting.lm_small`): same decisions and results to float rounding, several times
+            faster there than the batched torch path (``python -m benchmarks.lm_speed``). 0 = never.
         bound_second_pass: blendshape weights whose step crosses a bound are fixed at the bound
             and the others re-solved (on the trailing block of the same Cholesky factor). Blendshape
             bounds are always handled by an active set (weights at a bound with an outward
@@ -117,6 +123,7 @@ class FitOptions:
     chunk: int = 64
     workers: int = 0
     bound_second_pass: bool = True
+    small_batch: int = 12
 
 
 @dataclass
@@ -278,6 +285,10 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, weights: Optio
         raise InputError(f"chunk must be >= 1, workers >= 0 and check_every >= 0 (or None), got chunk={opt.chunk}, "
                          f"workers={opt.workers}, check_every={opt.check_every}")
     cpu = landmarks.device.type == "cpu"
+    if B <= opt.small_batch and lm_small.supported(landmarks, opt, model, init):
+        ks, ke = _components(model, opt)
+        return lm_small.fit_small(model, landmarks, weights, init, opt, ks, ke,
+                                  _expr_prior(opt.expr_prior, model.n_expr, ke, out_dtype, landmarks.device))
     workers = 1 if not cpu else (opt.workers or torch.get_num_threads())
     chunk = opt.chunk
     if workers > 1 and B > 16:
@@ -343,31 +354,34 @@ def _real_tensor(a, name: str) -> torch.Tensor:
     return t
 
 
+def _components(model: MorphableModel, opt: FitOptions) -> tuple[int, int]:
+    """(ks, ke): how many shape and expression components are optimised."""
+    ks = model.n_shape if opt.n_shape is None else min(opt.n_shape, model.n_shape)
+    ke = model.n_expr if opt.n_expr is None else min(opt.n_expr, model.n_expr)
+    return (ks if opt.fit_shape else 0), (ke if opt.fit_expression else 0)
+
+
+def _expr_prior(lam, Ke: int, ke: int, dt, dev) -> torch.Tensor:
+    """(ke,) expression prior weights from a number or a (Ke,) sequence (FitOptions.expr_prior)."""
+    t = _real_tensor(lam, "expr_prior").to(dev, dt).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(ke)
+    elif t.numel() == Ke:
+        t = t[:ke]
+    else:
+        raise InputError(f"expr_prior must be one number or {Ke} (one per expression component), got {t.numel()}")
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise InputError("expr_prior must be finite and >= 0")
+    return t.clone()
+
+
 class _Problem:
     """Constant data of one batch: the model blocks on the device/dtype of the targets."""
-
-    def _expr_prior(self, lam, dt, dev) -> torch.Tensor:
-        """(ke,) expression prior weights from a number or a (Ke,) sequence (FitOptions.expr_prior)."""
-        t = _real_tensor(lam, "expr_prior").to(dev, dt).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(self.ke)
-        elif t.numel() == self.Ke:
-            t = t[:self.ke]
-        else:
-            raise InputError(f"expr_prior must be one number or {self.Ke} (one per expression component), got {t.numel()}")
-        if not torch.isfinite(t).all() or (t < 0).any():
-            raise InputError("expr_prior must be finite and >= 0")
-        return t.clone()
 
     def __init__(self, model: MorphableModel, y, w, opt: FitOptions):
         dt, dev = y.dtype, y.device
         self.B, self.L = y.shape[:2]
-        self.ks = model.n_shape if opt.n_shape is None else min(opt.n_shape, model.n_shape)
-        self.ke = model.n_expr if opt.n_expr is None else min(opt.n_expr, model.n_expr)
-        if not opt.fit_shape:
-            self.ks = 0
-        if not opt.fit_expression:
-            self.ke = 0
+        self.ks, self.ke = _components(model, opt)
         self.Ks, self.Ke = model.n_shape, model.n_expr
         self.mean = model.mean.to(dev, dt)
         self.Bs = model.shape_basis.to(dev, dt)
@@ -378,7 +392,7 @@ class _Problem:
         self.expr_pca = model.info.expr_kind == "pca"
         self.prior = torch.cat([torch.zeros(_NP, dtype=dt, device=dev),
                                 torch.full((self.ks,), opt.shape_prior, dtype=dt, device=dev),
-                                self._expr_prior(opt.expr_prior, dt, dev)])
+                                _expr_prior(opt.expr_prior, self.Ke, self.ke, dt, dev)])
         self.P = _NP + self.ks + self.ke
         self.uv_sign = torch.tensor([1.0, -1.0], dtype=dt, device=dev)  # D = diag(1, -1): image y points down
         # invalid points -> weight 0; face size f (px) from the valid points' bbox

@@ -36,6 +36,8 @@ All functions are batched (leading dims ``...``) and run on the device/dtype of 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -45,6 +47,9 @@ __all__ = [
     "angles_to_rotmat",
     "rotmat_to_angles",
     "project",
+    "project_numpy",
+    "rotvec_to_rotmat_numpy",
+    "rotmat_to_rotvec_numpy",
     "skew",
     "PROJECTION",
     "as_rotation_matrix",
@@ -179,6 +184,56 @@ def project(points: torch.Tensor, R: torch.Tensor, scale: torch.Tensor, translat
     Y = points @ R.transpose(-1, -2)
     xy = Y[..., :2] * torch.stack([torch.ones_like(Y[..., 0]), -torch.ones_like(Y[..., 0])], -1)
     return scale[..., None, None] * xy + translation[..., None, :]
+
+
+def project_numpy(points: np.ndarray, R: np.ndarray, scale, translation: np.ndarray) -> np.ndarray:
+    """:func:`project` for one face in numpy (the solver's small-batch path): points (N, 3) mm,
+    R (3, 3), scale (pixels per mm), translation (2,) px -> (N, 2) image px, y down; the dtype of
+    ``points``."""
+    Y = points @ R[:2].T
+    out = Y * scale
+    out[:, 1] *= -1.0
+    return out + translation
+
+
+def rotvec_to_rotmat_numpy(w: np.ndarray) -> np.ndarray:
+    """:func:`rotvec_to_rotmat` for one rotation vector (3,) in numpy -> (3, 3), in its dtype, with
+    the same Taylor switch below t = 1e-4 rad."""
+    x, y, z = (float(v) for v in w)
+    t2 = x * x + y * y + z * z
+    if t2 < 1e-8:
+        a, b = 1.0 - t2 / 6.0 + t2 * t2 / 120.0, 0.5 - t2 / 24.0 + t2 * t2 / 720.0
+    else:
+        t = math.sqrt(t2)
+        a, b = math.sin(t) / t, (1.0 - math.cos(t)) / t2
+    # I + a K + b K^2 with K = [w]_x, K^2 = w w^T - t2 I
+    return np.array([[1.0 + b * (x * x - t2), -a * z + b * x * y, a * y + b * x * z],
+                     [a * z + b * x * y, 1.0 + b * (y * y - t2), -a * x + b * y * z],
+                     [-a * y + b * x * z, a * x + b * y * z, 1.0 + b * (z * z - t2)]], dtype=w.dtype)
+
+
+def rotmat_to_rotvec_numpy(R: np.ndarray) -> np.ndarray:
+    """:func:`rotmat_to_rotvec` in numpy for a few matrices, the same quaternion route (Shepperd's
+    best-conditioned formula, then the angle by atan2): (..., 3, 3) -> (..., 3) radians, angle in
+    [0, pi], in the dtype of ``R``."""
+    R = np.asarray(R)
+    out = np.empty((int(np.prod(R.shape[:-2], dtype=np.int64)), 3), dtype=np.float64)
+    for k, m in enumerate(R.reshape(-1, 3, 3).astype(np.float64)):
+        (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = m
+        diag = (m00 + m11 + m22, m00, m11, m22)
+        best = max(range(4), key=diag.__getitem__)  # the first of equal maxima, as argmax
+        q = ((1 + m00 + m11 + m22, m21 - m12, m02 - m20, m10 - m01),
+             (m21 - m12, 1 + m00 - m11 - m22, m01 + m10, m02 + m20),
+             (m02 - m20, m01 + m10, 1 - m00 + m11 - m22, m12 + m21),
+             (m10 - m01, m02 + m20, m12 + m21, 1 - m00 - m11 + m22))[best]
+        norm = max(math.sqrt(sum(c * c for c in q)), np.finfo(np.float64).tiny)
+        w, x, y, z = (c / norm for c in q)
+        if w < 0:
+            w, x, y, z = -w, -x, -y, -z
+        n = math.sqrt(x * x + y * y + z * z)
+        scale = 2.0 / max(w, 1e-12) if n < 1e-7 else 2.0 * math.atan2(n, w) / n
+        out[k] = (x * scale, y * scale, z * scale)
+    return out.reshape(*R.shape[:-2], 3).astype(R.dtype)
 
 
 def depth(points: torch.Tensor, R: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
