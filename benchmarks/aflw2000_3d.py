@@ -96,7 +96,7 @@ def _fit_crops_method(refine: bool) -> Callable[[], Method]:
             ) from e
 
         def run(images: list, boxes: np.ndarray) -> MethodOutput:
-            out = fit_crops(images, boxes, refine=refine)
+            out = fit_crops(images, boxes, refine=refine, preset=os.environ.get("MORPHABLE_PRESET") or None)
             lm2 = _to_numpy(out.landmarks)
             lm3 = _to_numpy(getattr(out, "landmarks3d", None))
             if lm3 is not None and lm2 is not None and lm3.shape[:2] == lm2.shape[:2] and lm3.shape[-1] == 3:
@@ -128,9 +128,9 @@ def _onnx_method(refine: bool, quantize: bool) -> Callable[[], Method]:
             from regressors.weights import OnnxRegressor, export_onnx
         except ImportError as e:
             raise MorphableError(f"ONNX methods need onnxruntime and onnx: pip install -e \".[onnx]\" ({e})") from e
-        fitter = Fitter(FitConfig(weights=os.environ.get("MORPHABLE_WEIGHTS") or None))
+        fitter = Fitter(FitConfig(weights=os.environ.get("MORPHABLE_WEIGHTS") or None, backend="torch"))
         tmp = Path(tempfile.mkdtemp(prefix="morphable-onnx-"))
-        fitter.regressor = OnnxRegressor(export_onnx(fitter.regressor, tmp / "regressor.onnx"), threads=1, quantize=quantize)
+        fitter.predictor = OnnxRegressor(export_onnx(fitter.regressor, tmp / "regressor.onnx"), threads=1, quantize=quantize)
 
         def run(images: list, boxes: np.ndarray) -> MethodOutput:
             out = fitter.fit_crops(list(images), boxes, refine=refine)
@@ -317,6 +317,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the list")
     ap.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"faces per method call (default {BATCH_SIZE})")
     ap.add_argument("--weights", default=None, help="regressor weight file for the built-in methods (default: the shipped weights)")
+    ap.add_argument("--preset", default=None, choices=("fast",),
+                    help="the pipeline preset of the built-in methods: 'fast' = the light regressor (FitConfig(preset='fast'))")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads before running a method (default: torch's own; NOTES §4)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -342,6 +344,8 @@ def _main(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.weights:
         os.environ["MORPHABLE_WEIGHTS"] = str(Path(args.weights).resolve())
+    if args.preset:
+        os.environ["MORPHABLE_PRESET"] = args.preset
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be >= 1, got {args.threads}")

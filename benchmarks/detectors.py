@@ -7,7 +7,7 @@
 For every image the detectors run once; a face counts as found when the detector's first box
 (its best face) overlaps the ground-truth 68-landmark box with IoU >= 0.5 (the built-in detectors'
 boxes are calibrated to that box). Detectors: ``blazeface`` (:class:`fitting.detect.BlazeFaceDetector`,
-MediaPipe's BlazeFace run by torch), ``haar`` (:class:`fitting.detect.OpenCVDetector`), ``mmod``
+MediaPipe's BlazeFace, exported from our torch reader and run by onnxruntime), ``haar`` (:class:`fitting.detect.OpenCVDetector`), ``mmod``
 (:class:`fitting.detect.DlibCNNDetector`, default ``min_face``, the model run by torch),
 ``mmod+haar`` (the :class:`fitting.detect.CombinedDetector` of the two, the default before
 BlazeFace), ``auto`` (the default: BlazeFace, and ``mmod+haar`` on the images where it finds

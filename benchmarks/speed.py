@@ -1,13 +1,14 @@
 """End-to-end speed of ``fit`` per face, stage by stage, beside the simplest baseline.
 
-``python -m benchmarks.speed [--data DIR] [--n 64] [--threads 1] [--weights W] [--json]``
+``python -m benchmarks.speed [--data DIR] [--n 64] [--threads 1] [--weights W] [--whole 32] [--json]``
 
 Stages on real photos (``../shared/data/aflw2000-3d-dev`` by default): image decode, face
 detection (the default BlazeFace detector, beside OpenCV Haar and dlib's MMOD measured in the same
 run), crop, regressor, LM refinement (5 iterations from the regressor's
 parameters), mesh build and OBJ export. The baseline does the same job without the regressor's
 parameters: LM from the mean face and the closed-form pose (20 iterations) against the same
-landmark-head points. Both run in the same process, on the same faces, with the same thread
+landmark-head points. Then the whole ``Fitter.fit(image)`` of one decoded photo at a time (what a
+user's call costs: detection, regressor, LM, mesh; no export), with its stages. Both run in the same process, on the same faces, with the same thread
 settings; times are medians of ``--repeat`` runs, in milliseconds per face. The accuracy of both
 against the dataset's 68 landmarks (2D NME, %) is printed beside the times.
 """
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--weights", default=None)
+    ap.add_argument("--whole", type=int, default=32, help="photos for the whole-fit timing (one at a time)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     S = fitter.crop_size
     t_crop, crops = _median_time(lambda: np.stack([crop_image(im, type(box_from_landmarks(g))(*b), S) for im, g, b in zip(imgs, gt, boxes)]), a.repeat)
     ms["crop"] = t_crop / B * 1e3
-    t_reg, out = _median_time(lambda: fitter.regressor.predict(crops), a.repeat)
+    t_reg, out = _median_time(lambda: fitter.predictor.predict(crops), a.repeat)
     ms["regressor"] = t_reg / B * 1e3
     fits0 = fitter.fit_crops(imgs, boxes, refine=False)
     head, init = fits0.head_landmarks, fits0.params
@@ -102,6 +104,32 @@ def main(argv=None) -> int:
     build_export()  # warm-up: the first call also imports trimesh
     t_exp, _ = _median_time(build_export, 3)
     ms["mesh + OBJ export"] = t_exp / 8 * 1e3
+
+    # a whole fit on one photo at a time, as a user calls it: detection, crop, regressor (direct and
+    # mirrored crop in one batch, then once more on the re-crop), LM, FaceFit and mesh; no export
+    n_whole = min(B, a.whole)
+    for im in imgs[:2]:
+        fitter.fit(im)  # warm-up
+    whole, stages = [], {"detect": [], "regressor (first pass; re-crop pass direct + mirror)": [], "LM": []}
+    for im in imgs[:n_whole]:
+        for _ in range(a.repeat):
+            t0 = time.perf_counter()
+            fitter.fit(im)
+            whole.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        det = fitter.detector.detect(im)
+        stages["detect"].append(time.perf_counter() - t0)
+        cb = det.crop_boxes()[:1]
+        if cb:
+            f = fitter.fit_crops([im], np.array([[cb[0].x0, cb[0].y0, cb[0].side]]), recrop=True)
+            stages["regressor (first pass; re-crop pass direct + mirror)"].append(f.timings["regressor"])
+            stages["LM"].append(f.timings["lm"])
+    whole_ms = float(np.median(whole)) * 1e3
+    stage_ms = {k: float(np.median(v)) * 1e3 for k, v in stages.items() if v}
+
+    from regressors.bench import format_preset_latency, preset_latency
+
+    nets = preset_latency(200, model)
 
     def nme(lm):
         lm = lm.detach().numpy() if isinstance(lm, torch.Tensor) else lm
@@ -123,6 +151,9 @@ def main(argv=None) -> int:
         "lm_speedup_vs_baseline": (t_base / t_lm) if t_lm > 0 else None,
         "total_ms_without_detection": {"ours": total_ours, "baseline": total_base},
         "detect_time_ratio": {"default_vs_mmod": t_det2 / t_det3, "default_vs_haar": t_det2 / t_det},
+        "regressor_backend": type(fitter.predictor).__name__,
+        "networks_batch1_onnxruntime": nets,
+        "whole_fit_per_photo_ms": whole_ms, "whole_fit_photos": n_whole, "whole_fit_stages_ms": stage_ms,
         "nme_2d_vs_gt": {"regressor only": nme(reg_only), "regressor + LM 5 it": nme(ours_lm),
                          "baseline LM 20 it from mean face": nme(base_lm)},
     }
@@ -137,6 +168,12 @@ def main(argv=None) -> int:
     print(f"| baseline: LM 20 it from the mean face | {t_base / B * 1e3:.2f} |")
     print(f"\ntotal without detection: ours {total_ours:.2f} ms/face, baseline {total_base:.2f} ms/face "
           f"(LM stage {t_base / t_lm:.1f}x faster than the baseline's)")
+    print(f"\nwhole `Fitter.fit(image)` on one photo at a time (decoded; detection, regressor on {result['regressor_backend']}, "
+          f"LM, mesh; no export), median over {n_whole} photos x {a.repeat}: {whole_ms:.2f} ms per photo")
+    print("| stage of one photo | ms (median) |\n|---|---|")
+    for k, v in stage_ms.items():
+        print(f"| {k} | {v:.2f} |")
+    print("\nregressor networks at batch 1, 1 thread, onnxruntime, alternating rounds:\n" + format_preset_latency(nets))
     print("\n| landmarks | 2D NME % vs GT (these faces) |\n|---|---|")
     for k, v in result["nme_2d_vs_gt"].items():
         print(f"| {k} | {v:.2f} |")

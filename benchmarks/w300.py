@@ -113,6 +113,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--region", default=None, help="ICT-FaceKit region (default: the pipeline's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the scores here")
+    ap.add_argument("--detector", action="store_true",
+                    help="fit through the detector path (the default detector's box nearest the annotation, then the "
+                         "pipeline's re-crop), as a user's photo is fitted; faces it misses are counted and left out")
+    ap.add_argument("--flip-first-pass", action="store_true", help="with --detector: mirror the first pass too")
     a = ap.parse_args(argv)
     import torch
 
@@ -123,16 +127,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(a.threads)
     photos, gt = load_faces(Path(a.data), [f for f in a.folders.split(",") if f])
     kw = {k: v for k, v in (("landmarks", a.landmarks), ("region", a.region)) if v is not None}
-    fitter = Fitter(FitConfig(weights=a.weights, threads=a.threads, **kw))
+    fitter = Fitter(FitConfig(weights=a.weights, threads=a.threads, flip_first_pass=a.flip_first_pass, **kw))
     t0 = time.perf_counter()
     images = [load_image(p) for p in photos]
     boxes = np.array([[b.x0, b.y0, b.side] for b in (box_from_landmarks(g) for g in gt)])
-    pred = np.concatenate([np.asarray(fitter.fit_crops(images[i:i + 128], boxes[i:i + 128],
+    missed = 0
+    if a.detector:  # the detection nearest the annotated face replaces its box; recrop as the pipeline does
+        keep = []
+        for i, im in enumerate(images):
+            cbs = fitter.detector.detect(im).crop_boxes()
+            if not cbs:
+                continue
+            c = boxes[i, :2] + boxes[i, 2] / 2
+            cb = min(cbs, key=lambda b: float(np.hypot(b.x0 + b.side / 2 - c[0], b.y0 + b.side / 2 - c[1])))
+            if np.hypot(cb.x0 + cb.side / 2 - c[0], cb.y0 + cb.side / 2 - c[1]) > 0.5 * boxes[i, 2]:
+                continue  # another face: this one was missed
+            boxes[i] = (cb.x0, cb.y0, cb.side)
+            keep.append(i)
+        missed = len(images) - len(keep)
+        images, boxes, gt = [images[i] for i in keep], boxes[keep], gt[keep]
+    pred = np.concatenate([np.asarray(fitter.fit_crops(images[i:i + 128], boxes[i:i + 128], recrop=a.detector,
                                                        refine=a.method == "regressor+lm").landmarks)
                            for i in range(0, len(images), 128)])
     dt = time.perf_counter() - t0
     s = score(pred, gt)
     label = f"{a.method}, weights {a.weights or 'shipped'}, model {fitter.model.name} ({fitter.model.info.landmark_definition} landmarks)"
+    if a.detector:
+        label += (f", detector path ({len(images)} faces found, {missed} missed; first pass "
+                  f"{'mirrored too' if a.flip_first_pass else 'direct only'})")
     print(format_report(s, label))
     print(f"  ({dt:.1f} s, {a.threads} thread(s))")
     if a.json:

@@ -196,18 +196,33 @@ class BlazeFace:
         size: the input square's side, px; anchors: (A, 2) normalised anchor centres.
     """
 
-    def __init__(self, model: Union[str, Path] = "short", threshold: float = 0.5, nms_iou: float = 0.3):
+    def __init__(self, model: Union[str, Path] = "short", threshold: float = 0.5, nms_iou: float = 0.3,
+                 backend: str = "auto"):
         if not 0.0 < float(threshold) < 1.0:
             raise InputError(f"BlazeFace: threshold must be in (0, 1), got {threshold}")
-        self.net, self.anchors, self._ibox, self._iscore = _load(BLAZEFACE_MODELS.get(str(model), model))
+        if backend not in ("auto", "onnx", "torch"):
+            raise InputError(f"BlazeFace: backend must be 'auto', 'onnx' or 'torch', got {backend!r}")
+        path = BLAZEFACE_MODELS.get(str(model), model)
+        self.net, self.anchors, self._ibox, self._iscore = _load(path)
         self.size = int(self.net.input_shape[1])
         self.threshold = float(threshold)
         self.nms_iou = float(nms_iou)
+        self.session = None
+        if backend != "torch":
+            try:
+                self.session = _onnx_session(self.net, path)
+            except ImportError:
+                if backend == "onnx":
+                    raise InputError("BlazeFace: backend='onnx' needs onnxruntime and onnx: pip install onnxruntime onnx") from None
 
     def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The network on one letterboxed input (size, size, 3) float32 in [-1, 1]: raw boxes
-        (A, 16) and logits (A,)."""
-        out = self.net(torch.from_numpy(np.ascontiguousarray(x, np.float32))[None])
+        (A, 16) and logits (A,). Run by onnxruntime when the detector has a session, else by torch."""
+        x = np.ascontiguousarray(x, np.float32)[None]
+        if self.session is not None:
+            out = self.session.run(None, {"image": x})
+            return out[self._ibox][0], out[self._iscore][0, :, 0]
+        out = self.net(torch.from_numpy(x))
         return out[self._ibox][0].numpy(), out[self._iscore][0, :, 0].numpy()
 
     def __call__(self, image: np.ndarray, max_faces: Optional[int] = None) -> BlazeFaceOutput:
@@ -229,6 +244,27 @@ class BlazeFace:
 
 
 _CACHE: dict = {}
+_SESSIONS: dict = {}
+
+
+def _onnx_session(net: TFLiteNet, path: Union[str, Path]):
+    """The onnxruntime session of a BlazeFace network (one thread, exported once and cached on disk
+    by :func:`morphable.onnx_cache.cached_session`, keyed by the .tflite file and the reader's code)."""
+    import hashlib
+    import inspect
+
+    from morphable.onnx_cache import cached_session, state_hash
+
+    from . import tflite
+
+    k = str(Path(path).resolve())
+    if k not in _SESSIONS:
+        key = state_hash(net, hashlib.sha256(Path(path).read_bytes()).hexdigest(), inspect.getsource(tflite))
+        S = net.input_shape[1]
+        names = [f"out{i}" for i in range(len(net.output_shapes))]
+        _SESSIONS[k] = cached_session(net, (torch.zeros(1, S, S, 3),), f"blazeface-{Path(path).stem}", key, ["image"],
+                                      names, None, threads=1)
+    return _SESSIONS[k]
 
 
 def _load(path: Union[str, Path]) -> tuple[TFLiteNet, np.ndarray, int, int]:

@@ -215,7 +215,8 @@ def fit_small(model: MorphableModel, landmarks: torch.Tensor, weights: torch.Ten
     input checks (``landmarks`` (B, L, 2) and ``weights`` (B, L) in the output dtype on the CPU,
     ``expr_prior`` (ke,) the per-component expression prior). Returns a :class:`fitting.solver.FitResult`."""
 
-    with _one_blas_thread():
+    # as in torch, overflow and NaN propagate silently: the validity and convergence flags report them
+    with _one_blas_thread(), np.errstate(all="ignore"):
         return _fit_small(model, landmarks, weights, init, opt, ks, ke, expr_prior)
 
 

@@ -14,8 +14,9 @@ Stages (every stage batched over faces):
 """
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
@@ -25,6 +26,8 @@ from morphable.crop import CropBox, box_from_landmarks, camera_to_image, crop_im
 from morphable.errors import InputError
 from morphable.geometry import depth, project, rotmat_to_angles
 from morphable.model import MorphableModel
+
+from regressors.networks import RegressorOutput
 
 from .solver import FitOptions, FitParams, fit_landmarks
 
@@ -60,7 +63,16 @@ class FitConfig:
             finds nothing), ``"blazeface"``, ``"mmod"``, ``"haar"`` or ``"mediapipe"``.
         flip_test: also run the regressor on the mirrored crop and average the two landmark heads
             (the LM targets): head NME on the validation split 4.15 -> 3.95 % (intermediate weights of
-            the shipped run), twice the regressor time.
+            the shipped run), twice the regressor time. With a re-crop, only the final pass is mirrored.
+        flip_first_pass: also mirror the first pass, the one that only places the re-crop (validation
+            split of 300-W through the detector: see the closing note of issue 18; costs one more crop
+            per face).
+        preset: ``"fast"``: the light regressor (``regressors/weights/fast.pt``, about 1 ms per face
+            on one core; its model card has its accuracy) unless ``weights`` or ``$MORPHABLE_WEIGHTS``
+            names another file.
+        backend: how the regressor runs: ``"auto"`` (onnxruntime on the CPU when it is installed,
+            exported once and cached, :func:`regressors.weights.onnx_runtime_for`; else torch),
+            ``"onnx"`` (onnxruntime or an error) or ``"torch"``.
         min_face: smallest face the detector looks for, as a fraction of the image's shorter side
             (None = the detectors' defaults: what one BlazeFace pass finds, MMOD 0.25; a small value
             makes BlazeFace run on tiles and MMOD on a larger image, slower).
@@ -82,6 +94,9 @@ class FitConfig:
     detector: str = "auto"
     min_face: Optional[float] = None
     flip_test: bool = True
+    flip_first_pass: bool = False
+    backend: str = "auto"
+    preset: Optional[str] = None
 
 
 @dataclass
@@ -261,12 +276,22 @@ class Fitter:
         from regressors.weights import load_regressor
 
         self.config = config or FitConfig()
+        weights = self.config.weights
+        if self.config.preset not in (None, "fast"):
+            raise InputError(f"preset must be None or 'fast', got {self.config.preset!r}")
+        if self.config.preset == "fast" and weights is None and not os.environ.get("MORPHABLE_WEIGHTS"):
+            from regressors.weights import FAST_WEIGHTS
+
+            if not FAST_WEIGHTS.is_file():
+                raise InputError(f"the fast preset's weights are missing ({FAST_WEIGHTS}); reinstall morphable")
+            weights = str(FAST_WEIGHTS)
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         mk = {k: v for k, v in (("region", self.config.region), ("landmarks", self.config.landmarks)) if v is not None}
         self.model: MorphableModel = load_model(self.config.model, **mk).to(self.config.device)
-        self.regressor = load_regressor(self.config.weights, model=self.model, device=self.config.device)
+        self.regressor = load_regressor(weights, model=self.model, device=self.config.device)
         self.crop_size = int(self.regressor.cfg.crop_size)
+        self.predictor = self._predictor()  # the regressor's predict() on onnxruntime or torch
         # The LM fits the regressor's landmark head, so it uses the landmark vertices the head was
         # trained with; outputs (landmarks, meshes) use the model's own definition.
         ids = getattr(self.regressor, "landmark_ids", None)
@@ -284,6 +309,22 @@ class Fitter:
 
             self._dlib = DlibLandmarks().load()  # fails now, naming the extra, if dlib is missing
 
+    def _predictor(self):
+        """The object whose ``predict(crops)`` runs the regressor: an onnxruntime session (FitConfig.backend)."""
+        backend = self.config.backend
+        if backend not in ("auto", "onnx", "torch"):
+            raise InputError(f"backend must be 'auto', 'onnx' or 'torch', got {backend!r}")
+        if backend == "torch" or (backend == "auto" and torch.device(self.config.device).type != "cpu"):
+            return self.regressor
+        from regressors.weights import onnx_runtime_for
+
+        try:
+            return onnx_runtime_for(self.regressor, threads=self.config.threads or torch.get_num_threads())
+        except ImportError as e:
+            if backend == "onnx":
+                raise InputError(f"backend='onnx' needs onnxruntime and onnx: pip install onnxruntime onnx ({e})") from None
+            return self.regressor
+
     @property
     def detector(self):
         if self._detector is None:
@@ -293,18 +334,23 @@ class Fitter:
         return self._detector
 
     # ----------------------------------------------------------------- core, batched
-    def _regress(self, images: Sequence[np.ndarray], boxes: np.ndarray):
+    def _regress(self, images: Sequence[np.ndarray], boxes: np.ndarray, flip: bool):
         S = self.crop_size
         crops = np.stack([crop_image(im, CropBox(int(b[0]), int(b[1]), int(b[2])), S) for im, b in zip(images, boxes)])
-        out = self.regressor.predict(crops)
-        if self.config.flip_test:
+        B = len(crops)
+        if flip:
             # test-time mirror: the landmark head of the mirrored crop, mapped back (x -> S-1-x and the
-            # iBUG-68 mirror permutation), averaged with the direct one; parameters from the direct pass
+            # iBUG-68 mirror permutation), averaged with the direct one; parameters from the direct pass.
+            # Both in one batch of 2B (one network call).
             from morphable.landmark_definition import IBUG68_MIRROR
 
-            lf = self.regressor.predict(np.ascontiguousarray(crops[:, :, ::-1])).landmarks[:, IBUG68_MIRROR].copy()
+            both = self.predictor.predict(np.concatenate([crops, crops[:, :, ::-1]]))
+            out = RegressorOutput(**{f.name: getattr(both, f.name)[:B] for f in fields(RegressorOutput)})
+            lf = np.asarray(both.landmarks[B:])[:, IBUG68_MIRROR].copy()
             lf[..., 0] = (S - 1) - lf[..., 0]
             out.landmarks = 0.5 * (np.asarray(out.landmarks) + lf)
+        else:
+            out = self.predictor.predict(crops)
         dev, dt = self.model.mean.device, self.model.mean.dtype
         t = lambda v: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v, dtype=dt, device=dev)  # noqa: E731
         s_img, t_img = camera_to_image(t(out.scale), t(out.translation), boxes, S)
@@ -333,11 +379,13 @@ class Fitter:
             raise InputError("empty batch: no faces to fit")
         timings = {}
         t0 = time.perf_counter()
-        params, head = self._regress(images, boxes)
+        flip = self.config.flip_test
+        # the first of two passes only places the re-crop: no mirrored crop there (FitConfig.flip_test)
+        params, head = self._regress(images, boxes, flip and (not recrop or self.config.flip_first_pass))
         if recrop:
             nb = [box_from_landmarks(h) for h in head.detach().cpu().numpy()]
             boxes = np.array([[b.x0, b.y0, b.side] for b in nb], dtype=np.int64)
-            params, head = self._regress(images, boxes)
+            params, head = self._regress(images, boxes, flip)
         timings["regressor"] = time.perf_counter() - t0
         tgt = head if targets is None else torch.as_tensor(targets, dtype=head.dtype, device=head.device)
         B = len(boxes)

@@ -184,8 +184,10 @@ class MorphableModel(nn.Module):
         """Mesh vertices (B, N, 3), mm, model frame, from shape (B, Ks) and expression (B, Ke)."""
         shape, expr = self._check(shape, expr)
         dt = shape.dtype
-        V = self.mean.to(dt) + torch.einsum("nck,bk->bnc", self.shape_basis.to(dt), shape)
-        return V + torch.einsum("nck,bk->bnc", self.expr_basis.to(dt), expr)
+        N = self.mean.shape[0]
+        # (B, K) @ (K, 3N): a GEMM on a transposed view of the basis (einsum copied the basis first)
+        V = (shape @ self.shape_basis.to(dt).reshape(N * 3, -1).T + expr @ self.expr_basis.to(dt).reshape(N * 3, -1).T)
+        return self.mean.to(dt) + V.view(-1, N, 3)
 
     def select(self, idx: torch.Tensor, shape: Optional[torch.Tensor] = None, expr: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Only the vertices ``idx`` ((L,) or (B, L) int64) of the instances: (B, L, 3), mm.

@@ -1,6 +1,7 @@
 r"""Speed of the regressors on this machine (not a test): ``python -m regressors.bench [--labels FILE]``.
 
-Prints JSON lines:
+Prints the two shipped networks (main, fast preset) beside 3DDFA_V2's MobileNetV1 x0.5 at batch 1 on
+one thread on onnxruntime (:func:`preset_latency`, a table), then JSON lines:
 
 * forward latency per face (torch eager, eval, no grad) at batch 1 and 64, both networks, 1 and 2
   threads; onnxruntime (float and dynamic int8) for the MobileNet at batch 1;
@@ -103,6 +104,62 @@ def _shipped_vs_baselines(model, repeats: int, onnx: bool) -> None:
                    "ms_per_face_median": round(1e3 * med, 3), "ms_per_face_min": round(1e3 * mn, 3)})
 
 
+def preset_latency(repeats: int = 200, model=None) -> list[dict]:
+    """Per-face latency at batch 1 on one thread of the two shipped networks (the main one and the
+    fast preset's; a missing weight file is timed with random weights of its config, and says so)
+    beside 3DDFA_V2's MobileNetV1 x0.5 (:func:`regressors.peers.mobilenet_v1_3ddfa`, random weights),
+    all on onnxruntime (what ``fit`` runs) in alternating rounds, so all three see the same machine
+    load. Rows: name, parameters, median and minimum ms, ratio of medians to the peer."""
+    import onnxruntime as ort
+
+    from morphable.registry import load_model
+
+    from .peers import mobilenet_v1_3ddfa
+    from .weights import DEFAULT_WEIGHTS, FAST_WEIGHTS, _ExportWrapper, load_regressor
+
+    model = model or load_model()
+    nets = []
+    for name, path, cfg in (("main (default.pt)", DEFAULT_WEIGHTS, None),
+                            ("fast preset (fast.pt)", FAST_WEIGHTS, RegressorConfig(arch="mobilenet", width=0.5, input_size=96))):
+        if path.is_file():
+            reg, note = load_regressor(path, model=model), ""
+        else:
+            reg, note = Regressor(RegressorConfig(**{**cfg.to_dict(), "n_shape": model.n_shape, "n_expr": model.n_expr})), " [random weights: file missing]"
+        nets.append((name + note, _ExportWrapper(reg.eval()), reg.n_params, reg.cfg.crop_size))
+    peer = mobilenet_v1_3ddfa()
+    nets.append(("3DDFA_V2 MobileNetV1 x0.5, 62 outputs (peer)", peer, sum(p.numel() for p in peer.parameters()), 120))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    sessions = []
+    with tempfile.TemporaryDirectory() as d:
+        for i, (name, net, n, S) in enumerate(nets):
+            p = str(Path(d) / f"n{i}.onnx")
+            with torch.no_grad():
+                torch.onnx.export(net, (torch.zeros(1, 3, S, S),), p, dynamo=False, opset_version=17, input_names=["x"])
+            sessions.append(ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]))
+    xs = [np.random.default_rng(0).standard_normal((1, 3, S, S)).astype(np.float32) for _, _, _, S in nets]
+    times: list = [[] for _ in nets]
+    for s, x in zip(sessions, xs):  # warm-up
+        for _ in range(10):
+            s.run(None, {"x": x})
+    for _ in range(repeats):
+        for k, (s, x) in enumerate(zip(sessions, xs)):
+            t = time.perf_counter()
+            s.run(None, {"x": x})
+            times[k].append(time.perf_counter() - t)
+    peer_med = statistics.median(times[-1])
+    return [{"net": name, "params_M": round(n / 1e6, 2), "crop": S, "backend": "onnxruntime", "threads": 1, "batch": 1,
+             "ms_median": round(1e3 * statistics.median(t), 3), "ms_min": round(1e3 * min(t), 3),
+             "vs_peer": round(statistics.median(t) / peer_med, 2)}
+            for (name, _, n, S), t in zip(nets, times)]
+
+
+def format_preset_latency(rows: list[dict]) -> str:
+    lines = ["| network | params (M) | ms / face, median | min | x peer |", "|---|---|---|---|---|"]
+    lines += [f"| {r['net']} | {r['params_M']:.2f} | {r['ms_median']:.3f} | {r['ms_min']:.3f} | {r['vs_peer']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m regressors.bench")
     ap.add_argument("--labels", default=None, help="pseudo-label file for the end-to-end training measurement")
@@ -121,6 +178,12 @@ def main(argv=None):
 
     model = load_model()
     Ks, Ke = model.n_shape, model.n_expr
+    torch.set_num_threads(1)
+    if not args.skip_onnx:
+        rows = preset_latency(args.repeats * 10, model)
+        print("# batch 1, 1 thread, onnxruntime, alternating rounds (what fit runs)\n" + format_preset_latency(rows), flush=True)
+        for r in rows:
+            _emit({"what": "presets_vs_peer", **r})
     if not args.skip_shipped:
         _shipped_vs_baselines(model, args.repeats, not args.skip_onnx)
     nets = {a: Regressor(RegressorConfig(arch=a, n_shape=Ks, n_expr=Ke), model.expr_lower, model.expr_upper).eval()

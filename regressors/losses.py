@@ -15,6 +15,9 @@ All terms are in the crop frame (pixels) unless stated:
   same vs visible ``target`` points.
 * ``shape``/``expr``: direct parameter losses (MSE of normalised shape, masked by ``shape_w``;
   MSE of expression coefficients, masked by ``expr_w``).
+* ``distill`` (only when the batch carries a ``teacher`` :class:`RegressorOutput`, the main network
+  on the same crops): the student's landmark head vs the teacher's, plus the ``vdc`` vertices of the
+  student's parameters vs the teacher's (both smooth L1, px), plus the rotation distance of ``pose``.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ class LossWeights:
     head_target: float = 0.5
     shape: float = 0.1
     expr: float = 1.0
+    distill: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,6 +96,13 @@ class RegressorLoss(torch.nn.Module):
         zs = (batch["shape"] - reg.shape_mean) / reg.shape_std
         t["shape"] = (((z["shape"] - zs) ** 2).mean(-1) * batch["shape_w"]).sum() / batch["shape_w"].sum().clamp_min(1.0)
         t["expr"] = (((out.expr - batch["expr"]) ** 2).mean(-1) * batch["expr_w"]).sum() / batch["expr_w"].sum().clamp_min(1.0)
+        tea = batch.get("teacher")
+        if tea is not None:
+            with torch.no_grad():
+                Vt = project(m.select(self.vidx, tea.shape, tea.expr), tea.rotmat, tea.scale, tea.translation)
+            t["distill"] = (_weighted_sl1(out.landmarks, tea.landmarks, ones)
+                            + F.smooth_l1_loss(Vp, Vt, reduction="none").sum(-1).mean()
+                            + ((out.rotmat - tea.rotmat) ** 2).sum((-1, -2)).mean())
         total = sum(getattr(w, k) * v for k, v in t.items())
         return total, {k: float(v.detach()) for k, v in t.items()}
 

@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from morphable.crop import CROP_SIZE
 from morphable.geometry import as_rotation_matrix, frame_change, project, rotmat_to_rotvec
@@ -94,6 +95,9 @@ class RegressorConfig:
     model_name: str = ""
     depth: int = 18  # resnet only: 10, 18 or 34
     dropout: float = 0.1
+    #: working resolution of the backbone, px: crops of ``crop_size`` are resized to it inside the
+    #: network (bilinear) so that both networks share one crop pipeline; 0 = ``crop_size``
+    input_size: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -399,6 +403,9 @@ class Regressor(nn.Module):
 
     def raw(self, x: torch.Tensor) -> dict:
         """Normalised head outputs {name: (B, n)} (what the parameter losses compare)."""
+        n = self.cfg.input_size
+        if n and n != x.shape[-1]:
+            x = F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False)
         feat = self.dropout(self.backbone(x.contiguous(memory_format=torch.channels_last)))
         return {k: h(feat) for k, h in self.heads.items()}
 

@@ -102,6 +102,11 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
     p.add_argument("--init", default=None, metavar="WEIGHTS",
                    help="start from these weights (network, config and label statistics; "
                         "fresh optimiser and schedule), e.g. regressors/weights/default.pt")
+    p.add_argument("--input-size", type=int, default=0,
+                   help="the network's working resolution (crops are resized to it inside the network; 0 = the crop size)")
+    p.add_argument("--teacher", default=None, metavar="WEIGHTS",
+                   help="distil from this regressor (e.g. regressors/weights/default.pt): its outputs on the same "
+                        "augmented crops become extra targets (loss term 'distill', weight --w-distill)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--n-vertices", type=int, default=500, help="random vertices of the VDC term")
     for k, v in LossWeights().to_dict().items():
@@ -150,6 +155,18 @@ def _param_groups(reg: Regressor, wd: float):
     return [{"params": decay, "weight_decay": wd}, {"params": no, "weight_decay": 0.0}]
 
 
+def _shipped_for(arch: str, width: float) -> Optional[str]:
+    """The shipped weight file of this network (the default or the fast one), or None."""
+    from .weights import DEFAULT_WEIGHTS, FAST_WEIGHTS
+
+    for path in (DEFAULT_WEIGHTS, FAST_WEIGHTS):
+        if Path(path).is_file():
+            c = dict(read_weight_file(Path(path))["config"])
+            if c.get("arch") == arch and float(c.get("width", 1.0)) == float(width):
+                return str(path)
+    return None
+
+
 def train(args, model=None) -> dict:
     """Run training as configured by the parsed ``args``; returns the final validation metrics.
 
@@ -193,14 +210,14 @@ def train(args, model=None) -> dict:
     ds_tr = FaceLabelDataset(tr, augment=not args.no_augment, seed=args.seed, **kw)
     ds_va = FaceLabelDataset(va, augment=False, **kw)
 
-    cfg = RegressorConfig(arch=args.arch, width=args.width, n_shape=Ks, n_expr=Ke, model_name=model.name, depth=args.depth)
+    cfg = RegressorConfig(arch=args.arch, width=args.width, n_shape=Ks, n_expr=Ke, model_name=model.name, depth=args.depth,
+                          input_size=args.input_size)
     ckpt_path = out_dir / "last.pt"
     ck = None
     if args.resume and not ckpt_path.is_file():
-        from .weights import DEFAULT_WEIGHTS
-
-        args.init = args.init or str(DEFAULT_WEIGHTS)
-        print(f"--resume: no {ckpt_path}; starting from {args.init}", file=sys.stderr)
+        args.init = args.init or _shipped_for(args.arch, args.width)
+        print(f"--resume: no {ckpt_path}; starting from {args.init or 'scratch (no shipped weights of this network)'}",
+              file=sys.stderr)
     elif args.resume:
         ck = read_weight_file(ckpt_path)
         if "optimizer" not in ck:
@@ -227,6 +244,15 @@ def train(args, model=None) -> dict:
     else:
         reg.load_state_dict(ck["state_dict"])
         reg.set_frame(np.asarray(ck.get("frame_rotation", torch.eye(3, dtype=torch.float64))), model.info.frame_rotation)
+    teacher = None
+    if args.teacher:
+        from .weights import load_regressor
+
+        teacher = load_regressor(args.teacher, model=model).eval()
+        for q in teacher.parameters():
+            q.requires_grad_(False)
+        if teacher.cfg.crop_size != cfg.crop_size:
+            raise SystemExit(f"--teacher {args.teacher}: crops of {teacher.cfg.crop_size} px, the student's are {cfg.crop_size}")
     opt = torch.optim.AdamW(_param_groups(reg, args.weight_decay), lr=args.lr)
     crit = RegressorLoss(model, args.n_vertices, LossWeights(**{k: getattr(args, f"w_{k}") for k in LossWeights().to_dict()}))
 
@@ -314,6 +340,9 @@ def train(args, model=None) -> dict:
             lr = lr_at(step, total, args.lr, warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
+            if teacher is not None:
+                with torch.no_grad():
+                    batch["teacher"] = teacher(batch["image"])
             loss, terms = crit(reg, batch["image"], batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -26,8 +26,8 @@ def test_flip_test_head_is_mirror_symmetric(fitter, shared):
     boxes = ds.boxes.copy()
     mboxes = boxes.copy()
     mboxes[:, 0] = W - boxes[:, 0] - boxes[:, 2]  # the mirrored square: x0' = W - x0 - side
-    _, head = fitter._regress(imgs, boxes)
-    _, mhead = fitter._regress([np.ascontiguousarray(im[:, ::-1]) for im in imgs], mboxes)
+    _, head = fitter._regress(imgs, boxes, flip=True)
+    _, mhead = fitter._regress([np.ascontiguousarray(im[:, ::-1]) for im in imgs], mboxes, flip=True)
     back = mhead[:, IBUG68_MIRROR].clone()
     back[..., 0] = (W - 1) - back[..., 0]
     assert torch.allclose(back, head, atol=2e-3), (back - head).abs().max()
