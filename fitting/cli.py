@@ -95,7 +95,12 @@ def register(subparsers) -> None:
                         "written)")
     p.add_argument("--texture-size", type=_pos_int, default=1024, metavar="S",
                    help="texture side in texels (default 1024)")
-    p.add_argument("--resume", action="store_true", help="skip images whose output files all exist")
+    p.add_argument("--resume", action="store_true",
+                   help="skip images whose output files all exist; a video continues after its last finished frame")
+    p.add_argument("--smooth", type=_nonneg_float, default=1.0, metavar="S",
+                   help="videos: One-Euro smoothing strength of pose, landmarks and expressions (default 1; 0 = off)")
+    p.add_argument("--no-smooth", action="store_true", help="videos: no temporal smoothing (same as --smooth 0)")
+    p.add_argument("--meshes", action="store_true", help="videos: also write an OBJ per face and frame")
     p.add_argument("--max-pixels", type=_pos_int, default=None, metavar="N",
                    help="refuse images with more pixels than N (default 100000000 or $MORPHABLE_MAX_PIXELS)")
     p.set_defaults(func=cmd_fit)
@@ -105,6 +110,16 @@ def _nonneg_int(s: str) -> int:
     v = int(s)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not (v >= 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
     return v
 
 
@@ -300,6 +315,16 @@ def cmd_fit(args) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: exists and is not a folder; choose a folder path")
+    from .video import VIDEO_SUFFIXES
+
+    videos = [Path(a) for a in args.inputs if Path(a).suffix.lower() in VIDEO_SUFFIXES]
+    if videos:
+        args.inputs = [a for a in args.inputs if Path(a).suffix.lower() not in VIDEO_SUFFIXES]
+        rc = _fit_videos(args, videos, out_dir)
+        if not args.inputs and not args.example:
+            return rc
+        rc_img = cmd_fit(args)
+        return max(rc, rc_img) if 130 not in (rc, rc_img) else 130
     items = _work_items(args)
     out_dir.mkdir(parents=True, exist_ok=True)
     pipeline = _pipeline()
@@ -399,6 +424,38 @@ def cmd_fit(args) -> int:
           file=sys.stderr)
     if interrupted:
         return 130
+    return 1 if n_fail else 0
+
+
+def _fit_videos(args, videos: list, out_dir: Path) -> int:
+    """Track each video (:func:`fitting.video_outputs.fit_video`); one line per video, errors per
+    video (the others go on); Ctrl-C keeps the finished frames (``--resume`` continues)."""
+    from .pipeline import Fitter
+    from .video_outputs import fit_video
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fitter = Fitter(build_options(args, _pipeline()))
+    smooth = 0.0 if args.no_smooth else args.smooth
+    n_fail, results = 0, []
+    for v in videos:
+        try:
+            r = fit_video(v, out_dir, fitter, smoothing=smooth, meshes=args.meshes, resume=args.resume,
+                          progress=sys.stderr.isatty() and not args.json)
+        except KeyboardInterrupt:
+            print(f"{v}: interrupted; the finished frames are kept in {out_dir} (rerun with --resume to continue)",
+                  file=sys.stderr)
+            return 130
+        except InputError as e:
+            n_fail += 1
+            print(f"morphable: error: {' '.join(str(e).split())}", file=sys.stderr)
+            results.append({"video": str(v), "status": "error", "error": str(e)})
+            continue
+        results.append({"video": str(v), "status": "ok", **r})
+        print(f"{v}: {r['frames']} frames ({r['frames_with_face']} with a face), tracks {r['tracks']}, "
+              f"{r['fps']:.1f} frames/s -> {r['files']['jsonl']}, {r['files']['overlay']}",
+              file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps({"out": str(out_dir), "videos": results}, indent=1, default=str))
     return 1 if n_fail else 0
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -360,7 +360,8 @@ class Fitter:
 
     def fit_crops(self, images: Sequence[np.ndarray], boxes, refine: Optional[bool] = None,
                   recrop: bool = False, targets: Optional[torch.Tensor] = None,
-                  weights: Optional[torch.Tensor] = None) -> CropFits:
+                  weights: Optional[torch.Tensor] = None,
+                  shared_shape: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> CropFits:
         """Fit one face per (image, box).
 
         Args:
@@ -370,6 +371,10 @@ class Fitter:
             recrop: re-crop on the regressed landmarks and regress again (for detector boxes).
             targets: (B, 68, 2) user landmarks (image px) to refine against instead of the
                 landmark head's; ``weights`` (B, 68) their visibility.
+            shared_shape: one identity across faces (a video track, photos of one person): called
+                with the regressor's shape coefficients (B, Ks) before the LM, it returns the (B, Ks)
+                coefficients to use instead, which the LM then keeps fixed (pose and expression
+                are fitted per face), e.g. a running mean over a track's frames.
         """
         refine = self.config.refine if refine is None else refine
         boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 3)
@@ -387,6 +392,11 @@ class Fitter:
             boxes = np.array([[b.x0, b.y0, b.side] for b in nb], dtype=np.int64)
             params, head = self._regress(images, boxes, flip)
         timings["regressor"] = time.perf_counter() - t0
+        if shared_shape is not None:
+            fixed = torch.as_tensor(shared_shape(params.shape), dtype=params.shape.dtype, device=params.shape.device)
+            if fixed.shape != params.shape.shape:
+                raise InputError(f"shared_shape must return {tuple(params.shape.shape)} coefficients, got {tuple(fixed.shape)}")
+            params = FitParams(fixed, params.expr, params.rotvec, params.scale, params.translation)
         tgt = head if targets is None else torch.as_tensor(targets, dtype=head.dtype, device=head.device)
         B = len(boxes)
         contour = "3d"
@@ -402,7 +412,8 @@ class Fitter:
             head_targets = targets is None and contour == "3d"  # the head's landmarks, not dlib's or the user's
             res = fit_landmarks(self.fit_model if head_targets else self.model, tgt, weights, init=params,
                                 options=FitOptions(max_iterations=self.config.iterations, shape_prior=self.config.shape_prior,
-                                                   expr_prior=self.config.expr_prior, check_every=0, contour=contour))
+                                                   expr_prior=self.config.expr_prior, check_every=0, contour=contour,
+                                                   fit_shape=shared_shape is None))
             timings["lm"] = time.perf_counter() - t0
             params, rmse, conv = res.params, res.rmse, res.converged
         else:
@@ -474,8 +485,12 @@ class Fitter:
         return self.fit_batch([image], [boxes] if boxes is not None else None,
                               [landmarks] if landmarks is not None else None, bgr=bgr)[0]
 
-    def fit_batch(self, images, boxes=None, landmarks=None, bgr: bool = False) -> list[list[FaceFit]]:
-        """Many images: detect every face, then regress and refine all faces in one batched pass."""
+    def fit_batch(self, images, boxes=None, landmarks=None, bgr: bool = False, same_person: bool = False) -> list[list[FaceFit]]:
+        """Many images: detect every face, then regress and refine all faces in one batched pass.
+
+        ``same_person=True``: every face is the same person (photos of one person): one identity,
+        the mean of the regressor's shape coefficients over all faces, held fixed by the LM, which
+        fits pose and expression per face."""
         from .images import load_image
 
         imgs = [load_image(im, bgr=bgr) for im in images]
@@ -511,8 +526,9 @@ class Fitter:
             T = np.stack([t if t is not None else np.full((68, 2), np.nan) for t in all_tgt])
             weights = torch.as_tensor(np.isfinite(T).all(-1).astype(np.float32))
             targets = torch.as_tensor(np.nan_to_num(T), dtype=torch.float32)
+        mean_shape = (lambda sh: sh.mean(0, keepdim=True).expand_as(sh)) if same_person else None  # noqa: E731
         fits = self.fit_crops(all_img, np.array(all_box), recrop=recrop and self.config.recrop,
-                              targets=targets, weights=weights)
+                              targets=targets, weights=weights, shared_shape=mean_shape)
         for i, k in enumerate(owner):
             out[k].append(self.faces(fits, i))
         return out
@@ -548,9 +564,11 @@ def fit_all(image, config: Optional[FitConfig] = None, bgr: bool = False, boxes=
     return _fitter(config, **kw).fit_all(image, boxes=boxes, landmarks=landmarks, bgr=bgr)
 
 
-def fit_batch(images, config: Optional[FitConfig] = None, bgr: bool = False, **kw) -> list[list[FaceFit]]:
-    """Many images in one batched pass: a list (per image) of :class:`FaceFit` lists."""
-    return _fitter(config, **kw).fit_batch(images, bgr=bgr)
+def fit_batch(images, config: Optional[FitConfig] = None, bgr: bool = False, same_person: bool = False,
+              **kw) -> list[list[FaceFit]]:
+    """Many images in one batched pass: a list (per image) of :class:`FaceFit` lists
+    (``same_person``: one identity for all faces, :meth:`Fitter.fit_batch`)."""
+    return _fitter(config, **kw).fit_batch(images, bgr=bgr, same_person=same_person)
 
 
 def fit_crops(images: Union[Sequence[np.ndarray], np.ndarray], boxes, refine: bool = True,

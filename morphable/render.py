@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = ["rasterize", "barycentric", "face_normals", "vertex_normals", "shade", "render_shaded", "overlay",
            "draw_landmarks", "draw_axes", "vertex_visibility", "sample_colors", "sample_bilinear", "depth_map",
-           "normal_map", "render_textured"]
+           "normal_map", "render_textured", "draw_wireframe"]
 
 _CHUNK = 2_000_000  # candidate pixels per NumPy pass
 
@@ -205,6 +205,23 @@ def draw_landmarks(image: np.ndarray, landmarks, color=(0, 255, 0), radius: Opti
             c = (int(round(x * 16)), int(round(y * 16)))
             cv2.circle(out, c, r * 16, (0, 0, 0), -1, cv2.LINE_AA, shift=4)
             cv2.circle(out, c, max(1, r - 1) * 16 if r > 1 else 12, tuple(int(v) for v in color), -1, cv2.LINE_AA, shift=4)
+    return out
+
+
+def draw_wireframe(image: np.ndarray, vertices_img, triangles, color=(120, 200, 255), every: int = 1,
+                   thickness: int = 1) -> np.ndarray:
+    """The mesh's front-facing triangle edges (every ``every``-th triangle) on a copy of an RGB
+    image: a fast overlay for video (one ``cv2.polylines`` call, no z-buffer). A triangle faces the
+    camera when its projected winding is counter-clockwise in the image (y down: negative signed area)."""
+    out = np.ascontiguousarray(image.copy())
+    V = np.asarray(vertices_img, dtype=np.float64)
+    T = np.asarray(triangles, dtype=np.int64)[:: max(int(every), 1)]
+    p = V[T][..., :2]  # (T, 3, 2)
+    area = (p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1]) - (p[:, 2, 0] - p[:, 0, 0]) * (p[:, 1, 1] - p[:, 0, 1])
+    front = p[(area < 0) & np.isfinite(p).all((1, 2))]
+    if len(front):
+        cv2.polylines(out, list(np.rint(front * 4).astype(np.int32)), True, tuple(int(c) for c in color), thickness,
+                      cv2.LINE_8, shift=2)
     return out
 
 
