@@ -106,16 +106,18 @@ def _shipped_vs_baselines(model, repeats: int, onnx: bool) -> None:
 
 def preset_latency(repeats: int = 200, model=None) -> list[dict]:
     """Per-face latency at batch 1 on one thread of the two shipped networks (the main one and the
-    fast preset's; a missing weight file is timed with random weights of its config, and says so)
-    beside 3DDFA_V2's MobileNetV1 x0.5 (:func:`regressors.peers.mobilenet_v1_3ddfa`, random weights),
-    all on onnxruntime (what ``fit`` runs) in alternating rounds, so all three see the same machine
-    load. Rows: name, parameters, median and minimum ms, ratio of medians to the peer."""
+    fast preset's, each as ``fit`` runs it: the shipped int8 file when there is one, else the float
+    export; a missing weight file is timed with random weights of its config, and says so) beside
+    3DDFA_V2's MobileNetV1 x0.5 (:func:`regressors.peers.mobilenet_v1_3ddfa`, random weights, float),
+    all on onnxruntime, network forward only (input at the network's working resolution), in
+    alternating rounds so all three see the same machine load. Rows: name, parameters, median and
+    minimum ms, ratio of medians to the peer."""
     import onnxruntime as ort
 
     from morphable.registry import load_model
 
     from .peers import mobilenet_v1_3ddfa
-    from .weights import DEFAULT_WEIGHTS, FAST_WEIGHTS, _ExportWrapper, load_regressor
+    from .weights import DEFAULT_WEIGHTS, FAST_WEIGHTS, _ExportWrapper, _int8_for, load_regressor
 
     model = model or load_model()
     nets = []
@@ -125,7 +127,9 @@ def preset_latency(repeats: int = 200, model=None) -> list[dict]:
             reg, note = load_regressor(path, model=model), ""
         else:
             reg, note = Regressor(RegressorConfig(**{**cfg.to_dict(), "n_shape": model.n_shape, "n_expr": model.n_expr})), " [random weights: file missing]"
-        nets.append((name + note, _ExportWrapper(reg.eval()), reg.n_params, reg.cfg.crop_size))
+        q = _int8_for(reg) if path.is_file() else None
+        S = reg.cfg.input_size or reg.cfg.crop_size
+        nets.append((name + note + (", int8" if q else ", float"), q or _ExportWrapper(reg.eval()), reg.n_params, S))
     peer = mobilenet_v1_3ddfa()
     nets.append(("3DDFA_V2 MobileNetV1 x0.5, 62 outputs (peer)", peer, sum(p.numel() for p in peer.parameters()), 120))
     so = ort.SessionOptions()
@@ -133,19 +137,20 @@ def preset_latency(repeats: int = 200, model=None) -> list[dict]:
     sessions = []
     with tempfile.TemporaryDirectory() as d:
         for i, (name, net, n, S) in enumerate(nets):
-            p = str(Path(d) / f"n{i}.onnx")
-            with torch.no_grad():
-                torch.onnx.export(net, (torch.zeros(1, 3, S, S),), p, dynamo=False, opset_version=17, input_names=["x"])
+            p = str(net) if isinstance(net, Path) else str(Path(d) / f"n{i}.onnx")
+            if not isinstance(net, Path):
+                with torch.no_grad():
+                    torch.onnx.export(net, (torch.zeros(1, 3, S, S),), p, dynamo=False, opset_version=17, input_names=["crops"])
             sessions.append(ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]))
     xs = [np.random.default_rng(0).standard_normal((1, 3, S, S)).astype(np.float32) for _, _, _, S in nets]
     times: list = [[] for _ in nets]
     for s, x in zip(sessions, xs):  # warm-up
         for _ in range(10):
-            s.run(None, {"x": x})
+            s.run(None, {"crops": x})
     for _ in range(repeats):
         for k, (s, x) in enumerate(zip(sessions, xs)):
             t = time.perf_counter()
-            s.run(None, {"x": x})
+            s.run(None, {"crops": x})
             times[k].append(time.perf_counter() - t)
     peer_med = statistics.median(times[-1])
     return [{"net": name, "params_M": round(n / 1e6, 2), "crop": S, "backend": "onnxruntime", "threads": 1, "batch": 1,

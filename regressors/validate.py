@@ -52,10 +52,24 @@ def score_weights(weights: str, labels: dict, model, data_root=None, batch: int 
 
     reg = load_regressor(weights, model=model)
     reg.eval()
+    return score_predictor(reg, labels, model, data_root, batch)
+
+
+@torch.no_grad()
+def score_predictor(predict, labels: dict, model, data_root=None, batch: int = 128) -> dict:
+    """:func:`score_weights` for any ``predict(x) -> RegressorOutput`` on (B, 3, S, S) normalised
+    crops (a torch regressor, or ``OnnxRegressor.forward_normalized`` for an ONNX/int8 file)."""
+    from torch.utils.data import DataLoader
+
+    from morphable.geometry import rotvec_to_rotmat, rotmat_to_angles
+
+    from .data import FaceLabelDataset
+    from .losses import batch_metrics
+
     ds = FaceLabelDataset(labels, data_root=data_root, augment=False, expression_names=model.info.expression_names)
     acc: dict = {}
     for b in DataLoader(ds, batch_size=batch, shuffle=False):
-        m = batch_metrics(model, reg(b["image"]), b)
+        m = batch_metrics(model, predict(b["image"]), b)
         for k, v in m.items():
             acc.setdefault(k, []).append(v.detach().cpu().numpy())
     cat = {k: np.concatenate(v) for k, v in acc.items()}

@@ -111,6 +111,7 @@ def load_regressor(path=None, model=None, device="cpu", arch: Optional[str] = No
         first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise WeightsError(f"{path}: weights do not fit the {cfg.arch!r} network of its config (other architecture "
                            f"or width?): {first}") from None
+    reg.source_path = path.resolve()  # the weight file (onnx_runtime_for looks for its int8 twin beside it)
     reg.landmark_ids = None  # the landmark definition the head was trained with (None: the model file's own)
     if d.get("landmark_ids") is not None:
         ids = torch.as_tensor(d["landmark_ids"]).reshape(-1)
@@ -157,10 +158,12 @@ def _check_config(cfg: RegressorConfig, path) -> None:
 # --------------------------------------------------------------------------------------- ONNX
 def export_onnx(regressor: Regressor, path, opset: int = 17) -> Path:
     """Export ``regressor`` (eval mode, dynamic batch) to ONNX. Input ``crops`` (B, 3, S, S)
-    normalised float32; outputs shape, expr, rotvec, scale, translation, landmarks, rotmat."""
+    normalised float32, S = the network's working resolution (``cfg.input_size``, else its crop
+    size; :class:`OnnxRegressor` resizes larger crops to it); outputs shape, expr, rotvec, scale,
+    translation, landmarks, rotmat, in the crop frame of ``cfg.crop_size``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    S = regressor.cfg.crop_size
+    S = regressor.cfg.input_size or regressor.cfg.crop_size  # a network with a working resolution takes it directly
     wrapper = _ExportWrapper(regressor).eval()
     was = regressor.training
     regressor.eval()
@@ -192,11 +195,15 @@ class OnnxRegressor:
         threads: intra-op threads (None = onnxruntime's default).
         quantize: quantise dynamically to int8 first (written beside ``path`` as ``*.int8.onnx``).
         session: an open ``onnxruntime.InferenceSession`` instead of ``path`` (:func:`onnx_runtime_for`).
+        crop_size: the crops ``predict`` takes (the network's ``cfg.crop_size``), when the file's
+            input is a smaller working resolution (``cfg.input_size``); default: the file's input size.
     """
 
-    def __init__(self, path=None, threads: Optional[int] = None, quantize: bool = False, session=None):
+    def __init__(self, path=None, threads: Optional[int] = None, quantize: bool = False, session=None,
+                 crop_size: Optional[int] = None):
         import onnxruntime as ort
 
+        self._crop = crop_size
         if session is not None:  # an open onnxruntime.InferenceSession (onnx_runtime_for)
             self._init_session(session)
             return
@@ -220,8 +227,15 @@ class OnnxRegressor:
     def _init_session(self, session) -> None:
         self.session = session
         inp = self.session.get_inputs()[0]
-        self.crop_size = int(inp.shape[-1])
+        self.input_size = int(inp.shape[-1])
+        self.crop_size = int(self._crop or self.input_size)  # crops of this size come in; resized to input_size
         self.names = [o.name for o in self.session.get_outputs()]
+
+    def forward_normalized(self, x: torch.Tensor) -> RegressorOutput:
+        """(B, 3, S, S) normalised crops (as :func:`regressors.networks.normalize_crops` makes them)
+        -> :class:`RegressorOutput` of torch tensors, like ``Regressor.forward``."""
+        out = self.session.run(None, {"crops": np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)})
+        return RegressorOutput(**{n: torch.from_numpy(v) for n, v in zip(self.names, out)})
 
     def predict(self, crops, batch_size: int = 256) -> RegressorOutput:
         """uint8 RGB crops (B, S, S, 3) -> :class:`RegressorOutput` of numpy arrays."""
@@ -233,6 +247,11 @@ class OnnxRegressor:
             raise InputError(f"crops must be (B, {S}, {S}, 3) uint8 RGB, got {a.shape}")
         if len(a) == 0:
             raise InputError("empty batch of crops")
+        if self.input_size != S:  # the network's working resolution (bilinear, as Regressor.raw resizes)
+            import cv2
+
+            n = self.input_size
+            a = np.stack([cv2.resize(c, (n, n), interpolation=cv2.INTER_LINEAR) for c in a])
         outs = []
         for i in range(0, len(a), batch_size):  # numpy, same as normalize_crops: no torch thread pool here
             x = (a[i:i + batch_size].transpose(0, 3, 1, 2).astype(np.float32) - PIXEL_MEAN) / PIXEL_SCALE
@@ -241,9 +260,37 @@ class OnnxRegressor:
 
 
 
-def onnx_runtime_for(regressor: Regressor, threads: Optional[int] = None) -> "OnnxRegressor":
-    """An onnxruntime twin of ``regressor`` (same outputs to float rounding, about 2x faster on a CPU
-    at batch 1: ``python -m regressors.bench``), exported once and cached by
+def _int8_for(regressor: Regressor) -> Optional[Path]:
+    """The shipped int8 file beside the regressor's weight file (``NAME.int8.onnx``), if it was made
+    from exactly that file for the same model frame (:mod:`regressors.quantize`), else None."""
+    import json
+
+    src = getattr(regressor, "source_path", None)
+    if src is None:
+        return None
+    q = Path(src).with_suffix(".int8.onnx")
+    if not q.is_file():
+        return None
+    try:
+        import onnx
+
+        from .quantize import INT8_META, file_sha256
+
+        meta = {p.key: p.value for p in onnx.load(str(q), load_external_data=False).metadata_props}
+        fc = np.asarray(json.loads(meta[INT8_META[1]]))
+        if meta[INT8_META[0]] != file_sha256(src) or not np.allclose(
+                fc, regressor.frame_correction.detach().cpu().double().numpy(), atol=1e-6):
+            return None
+    except (ImportError, KeyError, ValueError, OSError):
+        return None
+    return q
+
+
+def onnx_runtime_for(regressor: Regressor, threads: Optional[int] = None, int8: bool = True) -> "OnnxRegressor":
+    """An onnxruntime twin of ``regressor``: with ``int8`` the shipped static-int8 file made from its
+    weight file (``NAME.int8.onnx`` beside ``NAME.pt``, :mod:`regressors.quantize`) when there is one
+    that matches; else the float model (same outputs to float rounding, about 2x faster on a CPU
+    at batch 1 than torch: ``python -m regressors.bench``), exported once and cached by
     :func:`morphable.onnx_cache.cached_session` under a key made of the network's weights and buffers
     (including the model-frame correction), its config and the source of :mod:`regressors.networks`.
 
@@ -255,10 +302,14 @@ def onnx_runtime_for(regressor: Regressor, threads: Optional[int] = None) -> "On
     from morphable.onnx_cache import cached_session, state_hash
     from . import networks
 
-    S = regressor.cfg.crop_size
+    q = _int8_for(regressor) if int8 else None
+    if q is not None:
+        return OnnxRegressor(q, threads=threads)
+
+    S = regressor.cfg.input_size or regressor.cfg.crop_size
     names = list(_ExportWrapper.NAMES)
     key = state_hash(regressor, repr(sorted(asdict(regressor.cfg).items())), inspect.getsource(networks),
                      regressor.frame_correction.detach().cpu().numpy().tobytes())  # not in the state_dict
     session = cached_session(_ExportWrapper(regressor), (torch.zeros(1, 3, S, S),), "regressor", key, ["crops"], names,
                              {"crops": {0: "batch"}, **{n: {0: "batch"} for n in names}}, threads)
-    return OnnxRegressor(session=session)
+    return OnnxRegressor(session=session, crop_size=regressor.cfg.crop_size)

@@ -1,4 +1,6 @@
 """onnxruntime twins of the torch networks: cached exports, same outputs, the pipeline's default."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -89,7 +91,7 @@ def test_fitter_uses_onnxruntime_by_default_and_matches_torch(tmp_path, monkeypa
     from regressors.weights import OnnxRegressor
 
     monkeypatch.setenv("MORPHABLE_CACHE", str(tmp_path))
-    f_auto = Fitter(FitConfig())
+    f_auto = Fitter(FitConfig(int8=False))
     f_torch = Fitter(FitConfig(backend="torch"))
     assert isinstance(f_auto.predictor, OnnxRegressor) and f_torch.predictor is f_torch.regressor
     from pathlib import Path
@@ -103,3 +105,37 @@ def test_fitter_uses_onnxruntime_by_default_and_matches_torch(tmp_path, monkeypa
     np.testing.assert_allclose(a[0].landmarks, t[0].landmarks, atol=0.05)
     with pytest.raises(Exception, match="backend"):
         Fitter(FitConfig(backend="tensorrt"))
+
+
+def test_shipped_int8_is_used_only_for_the_weights_it_was_made_from(tmp_path, monkeypatch):
+    """The int8 twin beside the weights runs by default; a changed weight file (another SHA-256) or
+    int8=False gets the float export; the int8 landmarks stay within a pixel of the float ones."""
+    import shutil
+
+    from regressors.weights import DEFAULT_WEIGHTS, load_regressor, onnx_runtime_for
+
+    monkeypatch.setenv("MORPHABLE_CACHE", str(tmp_path))
+    q = DEFAULT_WEIGHTS.with_suffix(".int8.onnx")
+    if not q.is_file():
+        pytest.skip("no shipped int8 file")
+    from morphable.registry import load_model
+
+    model = load_model()  # the frame correction baked into the int8 file is the default model's
+    reg = load_regressor(model=model)
+    o8, of = onnx_runtime_for(reg, threads=1), onnx_runtime_for(reg, threads=1, int8=False)
+    assert Path(o8.session._model_path).name == q.name and Path(of.session._model_path).name != q.name
+    S = reg.cfg.crop_size
+    crops = np.random.default_rng(3).integers(0, 256, (4, S, S, 3), dtype=np.uint8)
+    d = np.abs(o8.predict(crops).landmarks - of.predict(crops).landmarks)
+    assert d.max() < 3.0 and d.mean() < 1.0, (d.max(), d.mean())
+    # the same weights under another name with a changed byte: no int8 (its SHA-256 differs)
+    w2 = tmp_path / "w.pt"
+    shutil.copy(DEFAULT_WEIGHTS, w2)
+    shutil.copy(q, tmp_path / "w.int8.onnx")
+    assert Path(onnx_runtime_for(load_regressor(w2, model=model), threads=1).session._model_path).name == "w.int8.onnx"
+    assert Path(onnx_runtime_for(load_regressor(w2), threads=1).session._model_path).name != "w.int8.onnx"  # other frame
+    d = torch.load(w2, map_location="cpu", weights_only=True)
+    d["note"] = "re-saved"  # the same network, another file: its SHA-256 differs
+    torch.save(d, w2)
+    r2 = load_regressor(w2, model=model)
+    assert Path(onnx_runtime_for(r2, threads=1).session._model_path).name != "w.int8.onnx"
