@@ -96,7 +96,8 @@ def _fit_crops_method(refine: bool) -> Callable[[], Method]:
             ) from e
 
         def run(images: list, boxes: np.ndarray) -> MethodOutput:
-            out = fit_crops(images, boxes, refine=refine, preset=os.environ.get("MORPHABLE_PRESET") or None)
+            preset = os.environ.get("MORPHABLE_PRESET")
+            out = fit_crops(images, boxes, refine=refine, **({"preset": preset} if preset else {}))
             lm2 = _to_numpy(out.landmarks)
             lm3 = _to_numpy(getattr(out, "landmarks3d", None))
             if lm3 is not None and lm2 is not None and lm3.shape[:2] == lm2.shape[:2] and lm3.shape[-1] == 3:
@@ -116,9 +117,11 @@ register_method("regressor", _fit_crops_method(refine=False))
 register_method("regressor+lm", _fit_crops_method(refine=True))
 
 
-def _onnx_method(refine: bool, quantize: bool) -> Callable[[], Method]:
+def _onnx_method(refine: bool, quantize: bool, torch_only: bool = False) -> Callable[[], Method]:
     """The ``regressor``/``regressor+lm`` methods with the regressor run by onnxruntime (1 thread),
-    exported from the same weights; ``quantize``: dynamic int8 (:func:`regressors.weights.quantize_onnx`)."""
+    exported from the same weights as a float model; ``quantize``: dynamic int8
+    (:func:`regressors.weights.quantize_onnx`); ``torch_only``: by torch itself (the reference of
+    both; the default methods run what ``fit`` runs: the shipped static-int8 file)."""
 
     def factory() -> Method:
         import tempfile
@@ -128,9 +131,12 @@ def _onnx_method(refine: bool, quantize: bool) -> Callable[[], Method]:
             from regressors.weights import OnnxRegressor, export_onnx
         except ImportError as e:
             raise MorphableError(f"ONNX methods need onnxruntime and onnx: pip install -e \".[onnx]\" ({e})") from e
-        fitter = Fitter(FitConfig(weights=os.environ.get("MORPHABLE_WEIGHTS") or None, backend="torch"))
-        tmp = Path(tempfile.mkdtemp(prefix="morphable-onnx-"))
-        fitter.predictor = OnnxRegressor(export_onnx(fitter.regressor, tmp / "regressor.onnx"), threads=1, quantize=quantize)
+        fitter = Fitter(FitConfig(weights=os.environ.get("MORPHABLE_WEIGHTS") or None, backend="torch",
+                                  preset=os.environ.get("MORPHABLE_PRESET") or None))
+        if not torch_only:
+            tmp = Path(tempfile.mkdtemp(prefix="morphable-onnx-"))
+            fitter.predictor = OnnxRegressor(export_onnx(fitter.regressor, tmp / "regressor.onnx"), threads=1,
+                                             quantize=quantize, crop_size=fitter.crop_size)
 
         def run(images: list, boxes: np.ndarray) -> MethodOutput:
             out = fitter.fit_crops(list(images), boxes, refine=refine)
@@ -145,6 +151,7 @@ def _onnx_method(refine: bool, quantize: bool) -> Callable[[], Method]:
 for _refine, _name in ((False, "regressor"), (True, "regressor+lm")):
     register_method(f"{_name}:onnx", _onnx_method(_refine, quantize=False))
     register_method(f"{_name}:onnx-int8", _onnx_method(_refine, quantize=True))
+    register_method(f"{_name}:torch", _onnx_method(_refine, quantize=False, torch_only=True))
 
 
 def _dlib_lm_method() -> Method:

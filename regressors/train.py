@@ -226,7 +226,8 @@ def train(args, model=None) -> dict:
     init = None
     if args.init and ck is None:
         init = read_weight_file(Path(args.init))
-        cfg = RegressorConfig.from_dict({**dict(init["config"]), "model_name": model.name})  # the model trained for now
+        cfg = RegressorConfig.from_dict({**dict(init["config"]), "model_name": model.name,  # the model trained for now
+                                         **({"input_size": args.input_size} if args.input_size else {})})
         if (cfg.n_shape, cfg.n_expr) != (Ks, Ke):
             raise SystemExit(f"--init {args.init}: weights are for {cfg.n_shape} shape / {cfg.n_expr} expression "
                              f"coefficients, the model has {Ks} / {Ke}")

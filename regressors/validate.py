@@ -82,6 +82,33 @@ def score_predictor(predict, labels: dict, model, data_root=None, batch: int = 1
     return out
 
 
+def score_pipeline(labels: dict, model, config=None, data_root=None, batch: int = 64) -> dict:
+    """The whole pipeline (regressor, LM; ``fitting.pipeline.FitConfig``) on the validation rows,
+    each face cropped with the standard box from its label landmarks (the benchmark's GT-box
+    protocol): NME of the output landmarks vs the labels' ``landmarks3d``, yaw-balanced like
+    :func:`score_weights` (key ``"fit"``). For choosing pipeline settings (LM priors, iterations,
+    test-time mirroring) without the dev set."""
+    from fitting.pipeline import Fitter
+    from morphable.crop import box_from_landmarks
+    from morphable.geometry import rotmat_to_angles, rotvec_to_rotmat
+
+    from .data import _read_rgb, default_data_root
+    from .losses import nme
+
+    root = Path(data_root) if data_root is not None else default_data_root()
+    fitter = Fitter(config)
+    gt = np.asarray(labels["landmarks3d"], np.float64)
+    boxes = np.array([[b.x0, b.y0, b.side] for b in (box_from_landmarks(g) for g in gt)])
+    pred = []
+    for i in range(0, len(gt), batch):
+        imgs = [_read_rgb(root / str(n)) for n in labels["name"][i:i + batch]]
+        pred.append(fitter.fit_crops(imgs, boxes[i:i + batch]).landmarks.detach().cpu().double().numpy())
+    e = nme(torch.as_tensor(np.concatenate(pred)), torch.as_tensor(gt)).numpy()
+    R = rotvec_to_rotmat(torch.as_tensor(labels["rotvec"], dtype=torch.float64))
+    bal, means, counts = balanced(e, yaw_bins(np.degrees(rotmat_to_angles(R)[:, 1].numpy())))
+    return {"fit": {"balanced": bal, "bins": means, "counts": counts}}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m regressors.validate", description=__doc__.split("\n\n")[0])
     ap.add_argument("weights", nargs="+", help="weight files (regressors.weights format)")
@@ -89,6 +116,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--data-root", default=None, help="folder the label names are relative to (default ../shared/data)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the scores here")
+    ap.add_argument("--pipeline", default=None, metavar="JSON",
+                    help='also score the whole pipeline (regressor + LM) with these FitConfig fields, e.g. '
+                         '\'{"iterations": 10, "expr_prior": 2.0}\' ("{}" = the defaults; weights: the first WEIGHTS)')
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from .data import load_labels, model_for_labels, select_labels, to_frame
@@ -106,6 +136,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{w}: param {p['balanced']:.3f} ({' / '.join(f'{v:.2f}' for v in p['bins'])}), "
               f"head {h['balanced']:.3f} ({' / '.join(f'{v:.2f}' for v in h['bins'])}), "
               f"yaw err {y['balanced']:.2f} deg; faces per bin {p['counts']}")
+    if a.pipeline is not None:
+        from fitting.pipeline import FitConfig
+
+        cfg = FitConfig(**{"weights": a.weights[0], "threads": a.threads, **json.loads(a.pipeline)})
+        r = res["pipeline"] = {"config": json.loads(a.pipeline), **score_pipeline(va, model, cfg, a.data_root)}
+        f = r["fit"]
+        print(f"pipeline {a.pipeline} with {a.weights[0]}: fit {f['balanced']:.3f} ({' / '.join(f'{v:.2f}' for v in f['bins'])})")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0

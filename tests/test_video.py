@@ -63,16 +63,19 @@ def test_track_keeps_one_id_records_the_gap_and_invents_no_face(fitter):
 def test_joint_identity_is_one_shape_per_track_and_smoothing_off_keeps_raw(fitter):
     from fitting.video import Tracker
 
-    frames = _frames(6, gap=(99, 99))
+    rng = np.random.default_rng(0)  # fresh sensor noise per frame: the per-frame fits of the shape wobble
+    frames = [np.clip(f + rng.normal(0, 12, f.shape), 0, 255).astype(np.uint8) for f in _frames(10, gap=(99, 99))]
     joint = Tracker(fitter, smoothing=0.0)
     free = Tracker(fitter, smoothing=0.0, joint_identity=False)
     J = [joint.step(f, i / 10).faces[0] for i, f in enumerate(frames)]
     Fr = [free.step(f, i / 10).faces[0] for i, f in enumerate(frames)]
     for f in J:
         np.testing.assert_array_equal(f.landmarks, f.landmarks_raw)
-    dj = np.abs(np.diff([f.shape for f in J], axis=0)).mean()
-    df = np.abs(np.diff([f.shape for f in Fr], axis=0)).mean()
-    assert dj < 0.5 * df  # the running mean moves less than the per-frame fits
+    # the running mean over the frames so far moves by about 1/t of a frame's change: far less
+    # than the per-frame fits over the later frames
+    dj = np.abs(np.diff([f.shape for f in J[4:]], axis=0)).mean()
+    df = np.abs(np.diff([f.shape for f in Fr[4:]], axis=0)).mean()
+    assert dj < 0.5 * df, (dj, df)
 
 
 def test_fit_batch_same_person_shares_one_identity(fitter):

@@ -162,6 +162,49 @@ def pick(faces: list[dict], n: int) -> list[dict]:
     return first + chosen
 
 
+VIDEO = figlib.REPO.parent / "shared" / "data" / "video" / "obama.mp4"
+
+
+def video_frames(out: Path, img_dir: Path, picks=(10, 80, 140)) -> dict:
+    """Run the CLI on the shared video, crop frames ``picks`` of the overlay MP4 it wrote around the
+    face and save them side by side; the JSONL gives the row values."""
+    import cv2
+
+    from morphable.registry import load_model
+
+    subprocess.run([*_cli(), "fit", str(VIDEO), "--out", str(out)], check=True, capture_output=True, text=True)
+    recs = [json.loads(x) for x in (out / f"{VIDEO.stem}.jsonl").read_text().splitlines()]
+    names = list(load_model().info.expression_names)
+    cap = cv2.VideoCapture(str(out / f"{VIDEO.stem}_overlay.mp4"))
+    frames, k = {}, 0
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if k in picks:
+            frames[k] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        k += 1
+    tiles, rows = [], []
+    for f in picks:
+        r = recs[f]
+        if f not in frames or not r["faces"]:
+            continue
+        face = r["faces"][0]
+        lm = np.array(face["landmarks"])
+        c, half = lm.mean(0), 0.9 * float(np.ptp(lm, 0).max())
+        x0, y0 = int(max(c[0] - half, 0)), int(max(c[1] - half, 0))
+        crop = frames[f][y0:int(c[1] + half), x0:int(c[0] + half)]
+        tiles.append(labelled(cv2.resize(crop, (TILE, TILE), interpolation=cv2.INTER_AREA), f"frame {f}"))
+        e = dict(zip(names, face["expr"]))
+        rows.append({"frame": f, "yaw": face["yaw"], "pitch": face["pitch"], "roll": face["roll"],
+                     "jawOpen": e["jawOpen"], "eyeBlink_L": e["eyeBlink_L"], "mouthSmile_L": e["mouthSmile_L"]})
+    path = img_dir / "video_obama.png"
+    figlib.save_png(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], 1), path)
+    tracks = sorted({f["track"] for r in recs for f in r["faces"]})
+    return {"path": path, "rows": rows, "frames": len(recs), "frames_with_face": sum(bool(r["faces"]) for r in recs),
+            "tracks": tracks}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--faces", type=Path, default=FACES68, help=f"folder of photos + .pts (default {FACES68})")
@@ -236,6 +279,8 @@ def main(argv=None) -> int:
         figlib.save_png(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], 1),
                         tex_path)
 
+        vid = video_frames(out / "video", a.img_dir) if VIDEO.is_file() else None
+
     page = a.out
     rel = lambda p: Path(os.path.relpath(p, page.parent)).as_posix()  # noqa: E731
     shown_cmd = "morphable fit --example ../shared/data/faces68 --out gallery/ --json" + (
@@ -268,6 +313,19 @@ def main(argv=None) -> int:
           f"`{tex_doc['files']['textured_obj']}` + `.mtl` for Blender and MeshLab and `{tex_doc['files']['glb']}` "
           "for browser viewers. Left: the texture; then the textured OBJ turned by 40° either way.", "",
           f"![textured mesh]({rel(tex_path)})", ""]
+    if vid is not None:
+        L += ["## Video", "",
+              f"`morphable fit {VIDEO.name} --out video/` on the 720p clip of `../shared/data/video` ({vid['frames']} "
+              f"frames, {vid['frames_with_face']} with a face, track(s) {vid['tracks']}; from the MIT-licensed 3DDFA "
+              "repository, a public address). Frames of the overlay MP4 the command wrote (front-facing wireframe of "
+              "the fitted mesh, 68 smoothed landmarks, head axes), cropped around the face; beside the JSONL, one "
+              "NPZ of coefficients and one ARKit blendshape CSV per track. Speed: `python -m benchmarks.video` "
+              "([Benchmarks](benchmarks.md)).", "",
+              f"![video frames]({rel(vid['path'])})", "",
+              "| frame | yaw | pitch | roll | jawOpen | eyeBlink_L | mouthSmile_L |", "|---|---|---|---|---|---|---|"]
+        L += [f"| {r['frame']} | {r['yaw']:+.1f} | {r['pitch']:+.1f} | {r['roll']:+.1f} | {r['jawOpen']:.2f} | "
+              f"{r['eyeBlink_L']:.2f} | {r['mouthSmile_L']:.2f} |" for r in vid["rows"]]
+        L.append("")
     L += ["## Every photo", "",
           "All fitted photos, by |yaw|. NME = mean landmark error / sqrt(w·h) of the `.pts` box × 100. The "
           "`.pts` are 300-W markup: on turned faces their jaw follows the visible outline while our landmarks "
