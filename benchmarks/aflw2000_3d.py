@@ -285,6 +285,7 @@ def evaluate(dataset: P.Dataset, pred: Predictions) -> tuple[dict, P.Scores]:
     s = P.score(dataset, pred.landmarks, pred.rotation)
     result = {
         "method": pred.method,
+        "preset": os.environ.get("MORPHABLE_PRESET") or None,
         "n_images": len(dataset),
         "data": str(dataset.root),
         "nme_2d": s.summary_2d.to_json(),

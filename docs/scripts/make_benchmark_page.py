@@ -52,11 +52,13 @@ COMMANDS = """\
 # accuracy on the AFLW2000-3D dev set (300 images beside the checkout) + CED / worst-case plots
 python -m benchmarks.aflw2000_3d --out docs/data/aflw2000_dev.json --plots docs/img/bench --threads 1
 python -m benchmarks.aflw2000_3d --method regressor --out docs/data/aflw2000_dev_regressor.json --threads 1
+python -m benchmarks.aflw2000_3d --preset fast --out docs/data/aflw2000_dev_fast.json --threads 1
 # end-to-end speed per stage (1 thread), and the batched LM solver against scipy and eos
 python -m benchmarks.speed --json > docs/data/speed.json
 python -m benchmarks.lm_speed --json > docs/data/lm_speed.txt
 # face detectors: first box is the face, by yaw bin
 python -m benchmarks.detectors --json | tail -1 > docs/data/detectors.json
+python -m benchmarks.video --json > docs/data/video.json
 # this page
 python docs/scripts/make_benchmark_page.py
 ```"""
@@ -104,7 +106,10 @@ def table(header, rows) -> list[str]:
 def label(result: dict) -> str:
     names = {"regressor+lm": "morphable: regressor + LM (the `fit` pipeline)",
              "regressor": "morphable: regressor only (`--no-lm`)"}
-    return names.get(result.get("method", ""), f"morphable: {result.get('method', '?')}")
+    name = names.get(result.get("method", ""), f"morphable: {result.get('method', '?')}")
+    if result.get("preset") == "fast":
+        name += ", fast preset (`--fast`: the light regressor)"
+    return name
 
 
 def rel(path: Path, page: Path) -> str:
@@ -300,6 +305,21 @@ def section_speed(speeds: list[tuple[Path, dict]], page: Path) -> list[str]:
         rows.append(["total without detection, baseline",
                      *(f((s.get("total_ms_without_detection") or {}).get("baseline")) for _, s in speeds)])
         L += table(head, rows)
+        for p, sp in speeds:
+            if sp.get("whole_fit_per_photo_ms") is not None:
+                L += [f"**A whole `Fitter.fit(image)`** on one decoded photo at a time (`{p.name}`: detection, "
+                      f"regressor on `{sp.get('regressor_backend', '?')}`, LM, mesh; no file export): "
+                      f"**{f(sp['whole_fit_per_photo_ms'])} ms** per photo, median over {sp.get('whole_fit_photos', '?')} "
+                      "photos. Its stages (medians):", ""]
+                L += table(["stage of one photo", "ms"], [[k, f(v)] for k, v in (sp.get("whole_fit_stages_ms") or {}).items()])
+            nets = sp.get("networks_batch1_onnxruntime")
+            if nets:
+                L += [f"The regressor networks at batch 1 on one thread, onnxruntime, network forward only, in "
+                      f"alternating rounds (`{p.name}`), beside 3DDFA_V2's MobileNetV1 x0.5 (random weights: "
+                      "timing only):", ""]
+                L += table(["network", "parameters (M)", "ms, median", "ms, min", "x peer"],
+                           [[r["net"], f(r["params_M"]), f(r["ms_median"], 3), f(r["ms_min"], 3), f(r["vs_peer"])]
+                            for r in nets])
         L += ["2D NME (%) of the same faces against the dataset's 68 points:", ""]
         keys: list[str] = []
         for _, s in speeds:
@@ -324,10 +344,11 @@ def section_detectors(dets: list[tuple[Path, dict]]) -> list[str]:
         return L + ["Not measured yet: no `docs/data/detectors*.json`. Commands below.", ""]
     L += ["From `python -m benchmarks.detectors`: how often the detector's first box is the face "
           "(IoU >= 0.5 with the ground-truth 68-landmark box), by |yaw| bin on the AFLW2000-3D dev "
-          "set and on the 21 hand-annotated `faces68` photos, with the wall time per image. `mmod` "
-          "is dlib's MMOD CNN face model run by torch (`fitting/mmod.py`), `mmod-dlib` the same "
-          "model run by dlib itself (the pip build, no BLAS), `auto` the default of `fit` (`mmod` "
-          "plus the Haar cascades for faces below its working size).", ""]
+          "set and on the 21 hand-annotated `faces68` photos, with the wall time per image. `blazeface` "
+          "is MediaPipe's BlazeFace read by our TFLite reader and run by onnxruntime, `mmod` dlib's MMOD "
+          "CNN face model run by torch (`fitting/mmod.py`), `mmod-dlib` the same model run by dlib itself "
+          "(the pip build, no BLAS), `auto` the default of `fit` (BlazeFace, then `mmod` plus the Haar "
+          "cascades where it finds nothing).", ""]
     for p, d in dets:
         for set_name, title in (("aflw2000_dev", "AFLW2000-3D dev"), ("faces68", "faces68")):
             rows = d.get(set_name)
@@ -464,8 +485,30 @@ def generate(aflw: list[Path], speed: list[Path], lm: list[Path], plots: Path, p
     L += section_speed(speeds, page)
     L += section_detectors(dets)
     L += section_lm(lms, page)
+    L += section_video([(p, read_json_output(p)) for p in _default("video*.json")])
     L += ["## Regenerate", "", COMMANDS, ""]
     return "\n".join(L)
+
+
+def section_video(videos: list[tuple[Path, dict]]) -> list[str]:
+    """``python -m benchmarks.video --json`` results (``docs/data/video*.json``)."""
+    if not videos:
+        return []
+    L = ["## Video tracking", "",
+         "From `python -m benchmarks.video --json`: `morphable fit clip.mp4` end to end on the 720p clip of "
+         "`../shared/data/video` (decode, tracking, JSONL, overlay MP4 drawn and encoded on a background "
+         "thread, NPZ and ARKit CSV per track); jitter = mean norm of the landmarks' second difference "
+         "over frames, % of face size, on the clip's stillest second; identity flicker = mean change of "
+         "the neutral face per frame, mm.", ""]
+    head = ["file", "frames (with a face)", "frames/s", "threads", "jitter raw", "jitter smoothed", "x less",
+            "lag (frames)", "flicker, joint shape (mm)", "flicker, free shape (mm)"]
+    rows = []
+    for p, v in videos:
+        j, fl = v.get("jitter_pct") or {}, v.get("identity_flicker_mm") or {}
+        rows.append([p.name, f"{v.get('frames')} ({v.get('frames_with_face')})", f(v.get("fps"), 1), str(v.get("threads")),
+                     f(j.get("raw"), 3), f(j.get("smoothed"), 3), f(j.get("reduction"), 1), str(v.get("lag_frames")),
+                     f(fl.get("joint"), 4), f(fl.get("per_frame"), 4)])
+    return L + table(head, rows)
 
 
 def main(argv=None) -> int:
