@@ -38,10 +38,15 @@ FORMAT = "morphable-regressor"
 TRAIN_HELP = "train one with `python -m regressors.train --labels LABELS.npz --out runs/NAME` and copy runs/NAME/best.pt there"
 
 
-def save_regressor(reg: Regressor, path, metrics: Optional[dict] = None, **extra) -> None:
-    """Write ``reg`` as a weight file (see the module docstring); ``extra`` adds plain entries."""
+def save_regressor(reg: Regressor, path, metrics: Optional[dict] = None, half: bool = False, **extra) -> None:
+    """Write ``reg`` as a weight file (see the module docstring); ``extra`` adds plain entries.
+    ``half``: the learned weights (parameters) in float16, half the file (the shipped files; they are
+    read back into float32); buffers (normalisation statistics, BatchNorm statistics) stay float32."""
+    params = {k for k, _ in reg.named_parameters()}
+    sd = {k: (v.detach().cpu().half() if half and k in params and v.is_floating_point() else v.detach().cpu())
+          for k, v in reg.state_dict().items()}
     d = {"format": FORMAT, "version": 1, "config": reg.cfg.to_dict(),
-         "state_dict": {k: v.detach().cpu() for k, v in reg.state_dict().items()}, "metrics": dict(metrics or {}),
+         "state_dict": sd, "metrics": dict(metrics or {}),
          "frame_rotation": torch.as_tensor(np.asarray(reg.raw_frame, dtype=np.float64)).reshape(3, 3)}
     d.update(extra)
     path = Path(path)

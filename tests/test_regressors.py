@@ -476,3 +476,24 @@ def test_ict_frame_rotation(ict_model, tmp_path):
     assert abs(pitch - FRAME_PITCH_DEG) < 1e-9 and abs(yaw) < 1e-9 and abs(roll) < 1e-9
     again = load_native(save_native(ict_model, tmp_path / "m.h5"))
     np.testing.assert_allclose(np.asarray(again.info.frame_rotation), F, atol=1e-12)
+
+
+def test_half_precision_weight_file_is_half_the_size_and_gives_the_same_outputs(tmp_path):
+    """save_regressor(half=True): parameters in float16, buffers float32; read back into float32, the
+    outputs move by far less than a pixel."""
+    import numpy as np
+
+    from regressors.networks import Regressor, RegressorConfig
+    from regressors.weights import load_regressor, save_regressor
+
+    torch.manual_seed(0)
+    reg = Regressor(RegressorConfig(arch="mobilenet", width=0.5, n_shape=10, n_expr=5)).eval()
+    save_regressor(reg, tmp_path / "f.pt")
+    save_regressor(reg, tmp_path / "h.pt", half=True)
+    assert (tmp_path / "h.pt").stat().st_size < 0.6 * (tmp_path / "f.pt").stat().st_size
+    d = torch.load(tmp_path / "h.pt", weights_only=True)["state_dict"]
+    assert d["heads.landmarks.weight"].dtype == torch.float16 and d["landmarks_mean"].dtype == torch.float32
+    back = load_regressor(tmp_path / "h.pt")
+    assert next(back.parameters()).dtype == torch.float32
+    x = np.random.default_rng(0).integers(0, 256, (4, 120, 120, 3), dtype=np.uint8)
+    assert np.abs(back.predict(x).landmarks - reg.predict(x).landmarks).max() < 0.1
