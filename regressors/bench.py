@@ -122,7 +122,7 @@ def preset_latency(repeats: int = 200, model=None) -> list[dict]:
     model = model or load_model()
     nets = []
     for name, path, cfg in (("main (default.pt)", DEFAULT_WEIGHTS, None),
-                            ("fast preset (fast.pt)", FAST_WEIGHTS, RegressorConfig(arch="mobilenet", width=0.5, input_size=96))):
+                            ("fast preset (fast.pt)", FAST_WEIGHTS, RegressorConfig(arch="resnet", width=0.5, input_size=96))):
         if path.is_file():
             reg, note = load_regressor(path, model=model), ""
         else:

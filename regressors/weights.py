@@ -309,7 +309,7 @@ def onnx_runtime_for(regressor: Regressor, threads: Optional[int] = None, int8: 
 
     q = _int8_for(regressor) if int8 else None
     if q is not None:
-        return OnnxRegressor(q, threads=threads)
+        return OnnxRegressor(q, threads=threads, crop_size=regressor.cfg.crop_size)
 
     S = regressor.cfg.input_size or regressor.cfg.crop_size
     names = list(_ExportWrapper.NAMES)

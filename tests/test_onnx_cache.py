@@ -139,3 +139,27 @@ def test_shipped_int8_is_used_only_for_the_weights_it_was_made_from(tmp_path, mo
     torch.save(d, w2)
     r2 = load_regressor(w2, model=model)
     assert Path(onnx_runtime_for(r2, threads=1).session._model_path).name != "w.int8.onnx"
+
+
+def test_fast_preset_runs_its_int8_network_on_full_size_crops(tmp_path, monkeypatch):
+    """FitConfig(preset="fast") loads fast.pt and its int8 twin, whose input is the 96 px working
+    resolution: the 120 px crops are resized on the way in, and the fit lands near the main one."""
+    from fitting.images import load_image
+    from fitting.pipeline import FitConfig, Fitter
+    from regressors.weights import FAST_WEIGHTS
+
+    if not FAST_WEIGHTS.is_file():
+        pytest.skip("no fast weights shipped")
+    monkeypatch.setenv("MORPHABLE_CACHE", str(tmp_path))
+    monkeypatch.delenv("MORPHABLE_WEIGHTS", raising=False)
+    fast, main = Fitter(FitConfig(preset="fast")), Fitter()
+    assert fast.regressor.cfg.input_size == 96 and fast.predictor.crop_size == 120
+    assert Path(fast.predictor.session._model_path).name == "fast.int8.onnx"
+    import fitting
+
+    img = load_image(Path(fitting.__file__).parent / "examples" / "astronaut.jpg")
+    a, b = fast.fit_all(img)[0], main.fit_all(img)[0]
+    size = float(np.ptp(b.landmarks, 0).max())
+    assert np.linalg.norm(a.landmarks - b.landmarks, axis=1).mean() < 0.05 * size
+    with pytest.raises(Exception, match="preset"):
+        Fitter(FitConfig(preset="turbo"))
