@@ -129,7 +129,7 @@ def main(argv=None) -> int:
 
     from regressors.bench import format_preset_latency, preset_latency
 
-    nets = preset_latency(200, model)
+    nets = preset_latency(500, model)
 
     def nme(lm):
         lm = lm.detach().numpy() if isinstance(lm, torch.Tensor) else lm
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     print("| stage of one photo | ms (median) |\n|---|---|")
     for k, v in stage_ms.items():
         print(f"| {k} | {v:.2f} |")
-    print("\nregressor networks at batch 1, 1 thread, onnxruntime, alternating rounds:\n" + format_preset_latency(nets))
+    print("\nregressor networks at batch 1, 1 thread, onnxruntime, blocks of 25 calls interleaved:\n" + format_preset_latency(nets))
     print("\n| landmarks | 2D NME % vs GT (these faces) |\n|---|---|")
     for k, v in result["nme_2d_vs_gt"].items():
         print(f"| {k} | {v:.2f} |")

@@ -109,8 +109,9 @@ def preset_latency(repeats: int = 200, model=None) -> list[dict]:
     fast preset's, each as ``fit`` runs it: the shipped int8 file when there is one, else the float
     export; a missing weight file is timed with random weights of its config, and says so) beside
     3DDFA_V2's MobileNetV1 x0.5 (:func:`regressors.peers.mobilenet_v1_3ddfa`, random weights, float),
-    all on onnxruntime, network forward only (input at the network's working resolution), in
-    alternating rounds so all three see the same machine load. Rows: name, parameters, median and
+    all on onnxruntime, network forward only (input at the network's working resolution), in blocks
+    of 25 consecutive calls per network (as one network serves a run), the blocks interleaved with
+    alternating order so all three see the same machine load. Rows: name, parameters, median and
     minimum ms, ratio of medians to the peer."""
     import onnxruntime as ort
 
@@ -144,14 +145,16 @@ def preset_latency(repeats: int = 200, model=None) -> list[dict]:
             sessions.append(ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]))
     xs = [np.random.default_rng(0).standard_normal((1, 3, S, S)).astype(np.float32) for _, _, _, S in nets]
     times: list = [[] for _ in nets]
-    for s, x in zip(sessions, xs):  # warm-up
-        for _ in range(10):
-            s.run(None, {"crops": x})
-    for _ in range(repeats):
-        for k, (s, x) in enumerate(zip(sessions, xs)):
-            t = time.perf_counter()
-            s.run(None, {"crops": x})
-            times[k].append(time.perf_counter() - t)
+    block = 25  # calls in a row per network (warm caches, as one network serves a run), blocks interleaved
+    order = list(range(len(nets)))
+    for r in range(max(repeats // block, 1)):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            s, x = sessions[k], xs[k]
+            s.run(None, {"crops": x})  # first call of the block: not timed
+            for _ in range(block):
+                t = time.perf_counter()
+                s.run(None, {"crops": x})
+                times[k].append(time.perf_counter() - t)
     peer_med = statistics.median(times[-1])
     return [{"net": name, "params_M": round(n / 1e6, 2), "crop": S, "backend": "onnxruntime", "threads": 1, "batch": 1,
              "ms_median": round(1e3 * statistics.median(t), 3), "ms_min": round(1e3 * min(t), 3),

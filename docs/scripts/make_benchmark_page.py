@@ -315,7 +315,7 @@ def section_speed(speeds: list[tuple[Path, dict]], page: Path) -> list[str]:
             nets = sp.get("networks_batch1_onnxruntime")
             if nets:
                 L += [f"The regressor networks at batch 1 on one thread, onnxruntime, network forward only, in "
-                      f"alternating rounds (`{p.name}`), beside 3DDFA_V2's MobileNetV1 x0.5 (random weights: "
+                      f"interleaved blocks of 25 calls (`{p.name}`), beside 3DDFA_V2's MobileNetV1 x0.5 (random weights: "
                       "timing only):", ""]
                 L += table(["network", "parameters (M)", "ms, median", "ms, min", "x peer"],
                            [[r["net"], f(r["params_M"]), f(r["ms_median"], 3), f(r["ms_min"], 3), f(r["vs_peer"])]
