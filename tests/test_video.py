@@ -180,3 +180,24 @@ def test_obama_clip_all_frames_one_track(fitter, shared, tmp_path):
     assert len(recs) == 158 and r["frames_with_face"] == 158 and r["tracks"] == [0]
     times = np.array([x["time"] for x in recs])
     assert np.all(np.diff(times) > 0) and abs(times[-1] - 6.32) < 0.1
+
+
+def test_two_faces_get_two_stable_tracks(fitter):
+    """Two faces side by side: two tracks from the first frame, each keeping its id and its side."""
+    from fitting.video import track
+
+    face = cv2.resize(load_image(EXAMPLE), (180, 180))
+    frames = []
+    for i in range(6):
+        f = np.full((240, 480, 3), 90, np.uint8)
+        f[30:210, 20 + i:200 + i] = face
+        f[30:210, 280 - i:460 - i] = face[:, ::-1]
+        frames.append(f)
+    out = list(track(frames, fitter, fps=10.0))
+    assert all(len(fr.faces) == 2 for fr in out)
+    side = {}
+    for fr in out:
+        for f in fr.faces:
+            x = float(f.landmarks_raw[:, 0].mean())
+            side.setdefault(f.track, set()).add(x < 240)
+    assert len(side) == 2 and all(len(v) == 1 for v in side.values())  # ids never swap sides
