@@ -88,6 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--weights", required=True, help="regressor weight file (.pt)")
     ap.add_argument("--out", required=True, help="int8 ONNX file to write")
     ap.add_argument("--calib", type=int, default=256, help="calibration crops (default 256)")
+    ap.add_argument("--report", default=None, help="also write the printed numbers as JSON here")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     from torch.utils.data import DataLoader
@@ -130,7 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     res["ms_batch1_1thread"] = {"float onnxruntime": _latency(f32.predict, S), "int8 onnxruntime": _latency(q.predict, S)}
     print(f"latency at batch 1, 1 thread: float {res['ms_batch1_1thread']['float onnxruntime']:.3f} ms, "
           f"int8 {res['ms_batch1_1thread']['int8 onnxruntime']:.3f} ms")
-    Path(out).with_suffix(".json").write_text(json.dumps(res, indent=1))
+    if a.report:
+        Path(a.report).write_text(json.dumps(res, indent=1))
     return 0
 
 
