@@ -1,4 +1,6 @@
-"""MediaPipe's BlazeFace face detectors (short- and full-range ``.tflite`` models) run by torch.
+"""MediaPipe's BlazeFace face detectors (short- and full-range ``.tflite`` models), read into torch
+and run by onnxruntime (an export cached by :mod:`morphable.onnx_cache`; torch when onnxruntime is
+missing or ``backend="torch"``).
 
 The network is read from MediaPipe's own model file by :mod:`fitting.tflite` (float16 weights,
 run in float32; the outputs match the TFLite interpreter to about 1e-6 of their range). Around it,

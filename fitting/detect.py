@@ -11,7 +11,8 @@ notion of a face box is, so :meth:`Detections.crop_boxes` can apply the standard
 Detectors:
 
 * default (:func:`make_detector` ``"auto"``): :class:`BlazeFaceDetector`, MediaPipe's BlazeFace
-  short- and full-range models run by torch (a few ms per photo, profiles included), and for the
+  short- and full-range models (read into torch, run by onnxruntime: a few ms per photo, profiles
+  included), and for the
   photos where it finds nothing today's slower pair: dlib's MMOD CNN plus the Haar cascades for
   faces smaller than its working size (:class:`FallbackDetector` of :class:`CombinedDetector`).
 * :class:`DlibCNNDetector`: dlib's MMOD CNN (``dlib-bin``; the public-domain model file ships
