@@ -266,6 +266,17 @@ class CropFits:
     image_sizes: Optional[np.ndarray] = None
 
 
+def image_vertices(model: MorphableModel, shape, expr, rotation, scale, translation) -> torch.Tensor:
+    """The mesh of one face, image-aligned: (N, 3) [x px, y px (down), depth px (larger = nearer)],
+    from shape (Ks,), expression (Ke,), rotation (3, 3), scale (px/mm) and translation (2,) px
+    (arrays or tensors; computed in the model's dtype)."""
+    dt, dev = model.mean.dtype, model.mean.device
+    t = lambda v: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v, dtype=dt, device=dev)  # noqa: E731
+    V = model.vertices(t(shape).reshape(1, -1), t(expr).reshape(1, -1))
+    R, s = t(rotation).reshape(1, 3, 3), t(scale).reshape(1)
+    return torch.cat([project(V, R, s, t(translation).reshape(1, 2))[0], depth(V, R, s)[0][:, None]], -1)
+
+
 class Fitter:
     """The pipeline with its model, regressor and detector loaded once.
 
@@ -438,14 +449,12 @@ class Fitter:
     def faces(self, fits: CropFits, i: int) -> FaceFit:
         """The :class:`FaceFit` of face ``i`` of a batch (builds the full mesh)."""
         p = fits.params.index(slice(i, i + 1))
-        V = self.model.vertices(p.shape, p.expr)
         R = fits.rotation[i:i + 1]
-        xy = project(V, R, p.scale, p.translation)[0]
-        z = depth(V, R, p.scale)[0]
+        Vimg = image_vertices(self.model, p.shape[0], p.expr[0], R[0], p.scale[0], p.translation[0])
         ang = torch.rad2deg(rotmat_to_angles(R[0].double())).numpy()  # [pitch, yaw, roll]
         b = fits.boxes[i]
         return FaceFit(
-            vertices_img=torch.cat([xy, z[:, None]], -1).detach().cpu().numpy(),
+            vertices_img=Vimg.detach().cpu().numpy(),
             triangles=self.model.triangles.cpu().numpy(),
             landmarks=fits.landmarks[i].detach().cpu().numpy(),
             rotation=R[0].detach().cpu().numpy(),

@@ -84,7 +84,7 @@ class TrackedFrame:
 
 
 class _Track:
-    def __init__(self, tid: int, box: np.ndarray, opts, ks: int):
+    def __init__(self, tid: int, box: np.ndarray, opts):
         from .smoothing import OneEuroFilter
 
         self.id = tid
@@ -160,6 +160,9 @@ class Tracker:
         self.lost_iou = float(lost_iou)
         self.min_ncc = float(min_ncc)
         self.meshes = meshes
+        m = self.fitter.model  # the blendshape range the smoothed weights are kept in
+        self.expr_lo = m.expr_lower.detach().cpu().double().numpy()
+        self.expr_hi = m.expr_upper.detach().cpu().double().numpy()
         self.tracks: list[_Track] = []
         self.next_id = 0
         self.k = 0
@@ -170,7 +173,7 @@ class Tracker:
         the weight of each identity in the running mean. Smoothing starts afresh."""
         counts = counts or {}
         for f in faces:
-            tr = _Track(int(f["track"]), _box(np.asarray(f["landmarks_raw"], dtype=np.float64)), self.opts, 0)
+            tr = _Track(int(f["track"]), _box(np.asarray(f["landmarks_raw"], dtype=np.float64)), self.opts)
             n = int(counts.get(f["track"], 1))
             tr.shape_sum, tr.n, tr.recrop = torch.tensor(f["shape"], dtype=torch.float64) * n, n, False
             self.tracks.append(tr)
@@ -220,7 +223,7 @@ class Tracker:
             if reuse:
                 tr = reuse.pop(0)
             elif new_tracks and (self.max_faces is None or len(self.tracks) < self.max_faces):
-                tr = _Track(self.next_id, b, self.opts, self.fitter.model.n_shape)
+                tr = _Track(self.next_id, b, self.opts)
                 self.next_id += 1
             else:
                 continue
@@ -233,8 +236,9 @@ class Tracker:
         """Fit every track (or the ids ``only``): ``{track id: TrackedFace, or None when lost}``.
         Tracks placed by the detector re-crop once on their regressed landmarks; the others are
         cropped from their last frame's landmarks."""
-        from morphable.geometry import depth, project, rotmat_to_angles
+        from morphable.geometry import rotmat_to_angles
 
+        from .pipeline import image_vertices
         from .smoothing import project_to_rotation
 
         trs = [tr for tr in self.tracks if only is None or tr.id in only]
@@ -274,16 +278,13 @@ class Tracker:
                     R = project_to_rotation(tr.filters["R"](R, t))
                     s = float(tr.filters["s"](np.array([s]), t)[0])
                     tt = tr.filters["t"](tt, t)
-                    e = np.clip(tr.filters["e"](e, t), self._lo, self._hi)
+                    e = np.clip(tr.filters["e"](e, t), self.expr_lo, self.expr_hi)
                 tr.box = _box(lm_raw)  # the next frame's crop
                 tr.patch = _patch(image, tr.box)
                 ang = np.rad2deg(rotmat_to_angles(torch.as_tensor(R)).numpy())  # [pitch, yaw, roll]
                 V = None
                 if self.meshes:
-                    Vm = fitter.model.vertices(p.shape, torch.as_tensor(e, dtype=p.expr.dtype)[None]).to(torch.float64)
-                    Rt, st = torch.as_tensor(R)[None], torch.tensor([s], dtype=torch.float64)
-                    xy = project(Vm, Rt, st, torch.as_tensor(tt)[None])[0]
-                    V = torch.cat([xy, depth(Vm, Rt, st)[0][:, None]], -1).numpy()
+                    V = image_vertices(fitter.model, p.shape[0], e, R, s, tt).detach().cpu().double().numpy()
                 out[tr.id] = TrackedFace(
                     track=tr.id, landmarks=lm, landmarks_raw=lm_raw, rotation=R,
                     yaw_pitch_roll=np.array([ang[1], ang[0], ang[2]]), scale=s, translation=tt,
@@ -291,13 +292,6 @@ class Tracker:
                     converged=bool(fits.converged[i]), box=fits.boxes[i].copy(), detected=tr.id in placed, vertices_img=V)
         return out
 
-    @property
-    def _lo(self) -> np.ndarray:
-        return self.fitter.model.expr_lower.detach().cpu().double().numpy()
-
-    @property
-    def _hi(self) -> np.ndarray:
-        return self.fitter.model.expr_upper.detach().cpu().double().numpy()
 
 
 def track(frames: Iterable, fitter=None, fps: float = 25.0, **kw) -> Iterator[TrackedFrame]:

@@ -65,17 +65,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def _vertices(model, face: dict) -> np.ndarray:
     """Image-aligned mesh (N, 3) of a JSONL face record."""
-    import torch
+    from .pipeline import image_vertices
 
-    from morphable.geometry import depth, project
-
-    d = torch.float64
-    V = model.vertices(torch.tensor([face["shape"]], dtype=model.mean.dtype),
-                       torch.tensor([face["expr"]], dtype=model.mean.dtype)).to(d)
-    R = torch.tensor([face["rotation"]], dtype=d)
-    s = torch.tensor([face["scale"]], dtype=d)
-    xy = project(V, R, s, torch.tensor([face["translation"]], dtype=d))[0]
-    return torch.cat([xy, depth(V, R, s)[0][:, None]], -1).numpy()
+    return image_vertices(model, face["shape"], face["expr"], face["rotation"], face["scale"],
+                          face["translation"]).detach().cpu().double().numpy()
 
 
 def overlay_frame(image: np.ndarray, faces: list, triangles: np.ndarray) -> np.ndarray:
