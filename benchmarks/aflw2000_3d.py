@@ -83,6 +83,16 @@ def _to_numpy(x) -> np.ndarray | None:
     return np.asarray(x, dtype=np.float64)
 
 
+def _pipeline_options() -> dict:
+    """FitConfig fields the command line set for the built-in methods (``--preset``, ``--shifted-crops``)."""
+    kw: dict = {}
+    if os.environ.get("MORPHABLE_PRESET"):
+        kw["preset"] = os.environ["MORPHABLE_PRESET"]
+    if os.environ.get("MORPHABLE_SHIFTED_CROPS"):
+        kw["shifted_crops"] = int(os.environ["MORPHABLE_SHIFTED_CROPS"])
+    return kw
+
+
 def _fit_crops_method(refine: bool) -> Callable[[], Method]:
     """Factory of a method around ``fitting.pipeline.fit_crops(images, boxes, refine=refine)``."""
 
@@ -96,8 +106,7 @@ def _fit_crops_method(refine: bool) -> Callable[[], Method]:
             ) from e
 
         def run(images: list, boxes: np.ndarray) -> MethodOutput:
-            preset = os.environ.get("MORPHABLE_PRESET")
-            out = fit_crops(images, boxes, refine=refine, **({"preset": preset} if preset else {}))
+            out = fit_crops(images, boxes, refine=refine, **_pipeline_options())
             lm2 = _to_numpy(out.landmarks)
             lm3 = _to_numpy(getattr(out, "landmarks3d", None))
             if lm3 is not None and lm2 is not None and lm3.shape[:2] == lm2.shape[:2] and lm3.shape[-1] == 3:
@@ -132,7 +141,7 @@ def _onnx_method(refine: bool, quantize: bool, torch_only: bool = False) -> Call
         except ImportError as e:
             raise MorphableError(f"ONNX methods need onnxruntime and onnx: pip install -e \".[onnx]\" ({e})") from e
         fitter = Fitter(FitConfig(weights=os.environ.get("MORPHABLE_WEIGHTS") or None, backend="torch",
-                                  preset=os.environ.get("MORPHABLE_PRESET") or None))
+                                  **_pipeline_options()))
         if not torch_only:
             tmp = Path(tempfile.mkdtemp(prefix="morphable-onnx-"))
             fitter.predictor = OnnxRegressor(export_onnx(fitter.regressor, tmp / "regressor.onnx"), threads=1,
@@ -286,6 +295,7 @@ def evaluate(dataset: P.Dataset, pred: Predictions) -> tuple[dict, P.Scores]:
     result = {
         "method": pred.method,
         "preset": os.environ.get("MORPHABLE_PRESET") or None,
+        "shifted_crops": _pipeline_options().get("shifted_crops"),  # None: the pipeline's default
         "n_images": len(dataset),
         "data": str(dataset.root),
         "nme_2d": s.summary_2d.to_json(),
@@ -327,6 +337,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--weights", default=None, help="regressor weight file for the built-in methods (default: the shipped weights)")
     ap.add_argument("--preset", default=None, choices=("fast",),
                     help="the pipeline preset of the built-in methods: 'fast' = the light regressor (FitConfig(preset='fast'))")
+    ap.add_argument("--shifted-crops", type=int, default=None, choices=(0, 2, 4),
+                    help="FitConfig.shifted_crops of the built-in methods (default: the pipeline's)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads before running a method (default: torch's own; NOTES §4)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -354,6 +366,8 @@ def _main(args: argparse.Namespace) -> int:
         os.environ["MORPHABLE_WEIGHTS"] = str(Path(args.weights).resolve())
     if args.preset:
         os.environ["MORPHABLE_PRESET"] = args.preset
+    if args.shifted_crops is not None:
+        os.environ["MORPHABLE_SHIFTED_CROPS"] = str(args.shifted_crops)
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be >= 1, got {args.threads}")

@@ -117,6 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="fit through the detector path (the default detector's box nearest the annotation, then the "
                          "pipeline's re-crop), as a user's photo is fitted; faces it misses are counted and left out")
     ap.add_argument("--flip-first-pass", action="store_true", help="with --detector: mirror the first pass too")
+    ap.add_argument("--shifted-crops", type=int, default=None, choices=(0, 2, 4),
+                    help="FitConfig.shifted_crops (default: the pipeline's)")
     a = ap.parse_args(argv)
     import torch
 
@@ -127,7 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(a.threads)
     photos, gt = load_faces(Path(a.data), [f for f in a.folders.split(",") if f])
     kw = {k: v for k, v in (("landmarks", a.landmarks), ("region", a.region)) if v is not None}
-    fitter = Fitter(FitConfig(weights=a.weights, threads=a.threads, flip_first_pass=a.flip_first_pass, **kw))
+    fitter = Fitter(FitConfig(weights=a.weights, threads=a.threads, flip_first_pass=a.flip_first_pass,
+                              shifted_crops=a.shifted_crops, **kw))
     t0 = time.perf_counter()
     images = [load_image(p) for p in photos]
     boxes = np.array([[b.x0, b.y0, b.side] for b in (box_from_landmarks(g) for g in gt)])
