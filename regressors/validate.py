@@ -99,14 +99,20 @@ def score_pipeline(labels: dict, model, config=None, data_root=None, batch: int 
     fitter = Fitter(config)
     gt = np.asarray(labels["landmarks3d"], np.float64)
     boxes = np.array([[b.x0, b.y0, b.side] for b in (box_from_landmarks(g) for g in gt)])
-    pred = []
+    pred, rots = [], []
     for i in range(0, len(gt), batch):
         imgs = [_read_rgb(root / str(n)) for n in labels["name"][i:i + batch]]
-        pred.append(fitter.fit_crops(imgs, boxes[i:i + batch]).landmarks.detach().cpu().double().numpy())
+        out = fitter.fit_crops(imgs, boxes[i:i + batch])
+        pred.append(out.landmarks.detach().cpu().double().numpy())
+        rots.append(out.rotation.detach().cpu().double())
     e = nme(torch.as_tensor(np.concatenate(pred)), torch.as_tensor(gt)).numpy()
     R = rotvec_to_rotmat(torch.as_tensor(labels["rotvec"], dtype=torch.float64))
-    bal, means, counts = balanced(e, yaw_bins(np.degrees(rotmat_to_angles(R)[:, 1].numpy())))
-    return {"fit": {"balanced": bal, "bins": means, "counts": counts}}
+    ang = np.degrees(rotmat_to_angles(R).numpy())  # (N, 3) [pitch, yaw, roll]
+    bal, means, counts = balanced(e, yaw_bins(ang[:, 1]))
+    err = np.abs(np.degrees(rotmat_to_angles(torch.cat(rots)).numpy()) - ang)
+    mae = {k: float(err[:, j].mean()) for j, k in enumerate(("pitch", "yaw", "roll"))}
+    return {"fit": {"balanced": bal, "bins": means, "counts": counts},
+            "pose_mae": {**mae, "mean": float(np.mean(list(mae.values())))}}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -142,7 +148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = FitConfig(**{"weights": a.weights[0], "threads": a.threads, **json.loads(a.pipeline)})
         r = res["pipeline"] = {"config": json.loads(a.pipeline), **score_pipeline(va, model, cfg, a.data_root)}
         f = r["fit"]
-        print(f"pipeline {a.pipeline} with {a.weights[0]}: fit {f['balanced']:.3f} ({' / '.join(f'{v:.2f}' for v in f['bins'])})")
+        pm = r["pose_mae"]
+        print(f"pipeline {a.pipeline} with {a.weights[0]}: fit {f['balanced']:.3f} ({' / '.join(f'{v:.2f}' for v in f['bins'])}), "
+              f"pose MAE pitch / yaw / roll / mean {pm['pitch']:.2f} / {pm['yaw']:.2f} / {pm['roll']:.2f} / {pm['mean']:.2f} deg")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0

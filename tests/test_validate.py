@@ -17,3 +17,44 @@ def test_balanced_is_the_mean_of_the_bin_means():
     assert means == [2.0, 10.0, 25.0] and counts == [2, 1, 2] and math.isclose(bal, 37.0 / 3)
     bal, means, counts = balanced(v[:3], b[:3])  # no >60 face: left out, not zero
     assert math.isnan(means[2]) and counts[2] == 0 and math.isclose(bal, 6.0)
+
+
+def test_score_pipeline_known_answers(monkeypatch):
+    """score_pipeline with a stand-in pipeline that returns the labels moved by known amounts: every
+    landmark 3 px to the right in a 60 x 40 px box gives 3 / sqrt(60 * 40) of NME in every bin, and
+    rotations 2 degrees of pitch off give a pitch MAE of 2 and no yaw or roll error."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import fitting.pipeline as pipeline
+    import regressors.data as data
+    from morphable.geometry import angles_to_rotmat, rotmat_to_rotvec
+    from regressors.validate import score_pipeline
+
+    rng = np.random.default_rng(0)
+    yaws = np.array([5.0, -20.0, 40.0, -50.0, 70.0, -80.0])
+    ang = np.radians(np.stack([rng.uniform(-10, 10, 6), yaws, rng.uniform(-10, 10, 6)], 1))  # [pitch, yaw, roll]
+    gt = np.stack([np.c_[rng.uniform(100, 160, 68), rng.uniform(50, 90, 68)] for _ in range(6)])
+    gt[:, 0] = [100, 50]
+    gt[:, 1] = [160, 90]  # the box of every face: exactly 60 x 40 px
+    labels = {"landmarks3d": gt, "name": np.array([f"f{i}.jpg" for i in range(6)]),
+              "rotvec": rotmat_to_rotvec(angles_to_rotmat(torch.as_tensor(ang))).numpy()}
+
+    class Stand:
+        def __init__(self, config):
+            pass
+
+        def fit_crops(self, images, boxes):
+            moved = ang + np.radians([2.0, 0.0, 0.0])
+            return SimpleNamespace(landmarks=torch.as_tensor(gt + [3.0, 0.0]),
+                                   rotation=angles_to_rotmat(torch.as_tensor(moved)))
+
+    monkeypatch.setattr(pipeline, "Fitter", Stand)
+    monkeypatch.setattr(data, "_read_rgb", lambda path: np.zeros((4, 4, 3), np.uint8))
+    r = score_pipeline(labels, model=None, data_root=".")
+    want = 100 * 3 / math.sqrt(60 * 40)
+    assert r["fit"]["counts"] == [2, 2, 2]
+    np.testing.assert_allclose(r["fit"]["bins"] + [r["fit"]["balanced"]], want, rtol=1e-9)
+    pm = r["pose_mae"]
+    np.testing.assert_allclose([pm["pitch"], pm["yaw"], pm["roll"], pm["mean"]], [2.0, 0.0, 0.0, 2.0 / 3], atol=1e-9)
