@@ -105,12 +105,12 @@ def main(argv=None) -> int:
     t_exp, _ = _median_time(build_export, 3)
     ms["mesh + OBJ export"] = t_exp / 8 * 1e3
 
-    # a whole fit on one photo at a time, as a user calls it: detection, crop, regressor (direct and
-    # mirrored crop in one batch, then once more on the re-crop), LM, FaceFit and mesh; no export
+    # a whole fit on one photo at a time, as a user calls it: detection, crop, regressor (direct,
+    # then on the re-crop: direct, shifted and mirrored crops in one batch), LM, FaceFit and mesh; no export
     n_whole = min(B, a.whole)
     for im in imgs[:2]:
         fitter.fit(im)  # warm-up
-    whole, stages = [], {"detect": [], "regressor (first pass; re-crop pass direct + mirror)": [], "LM": []}
+    whole, stages = [], {"detect": [], "regressor (first pass; re-crop pass: direct, 2 shifted, all mirrored)": [], "LM": []}
     for im in imgs[:n_whole]:
         for _ in range(a.repeat):
             t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         cb = det.crop_boxes()[:1]
         if cb:
             f = fitter.fit_crops([im], np.array([[cb[0].x0, cb[0].y0, cb[0].side]]), recrop=True)
-            stages["regressor (first pass; re-crop pass direct + mirror)"].append(f.timings["regressor"])
+            stages["regressor (first pass; re-crop pass: direct, 2 shifted, all mirrored)"].append(f.timings["regressor"])
             stages["LM"].append(f.timings["lm"])
     whole_ms = float(np.median(whole)) * 1e3
     stage_ms = {k: float(np.median(v)) * 1e3 for k, v in stages.items() if v}
