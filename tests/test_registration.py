@@ -228,8 +228,14 @@ def test_shipped_3d_definition_is_reproduced():
     F = model.triangles.numpy()
     assert np.all(np.array(d["triangles"]) < len(F))
     assert np.array_equal(tr.vertex, np.array(d["ids"]))
-    assert np.array_equal(tr.triangle, np.array(d["triangles"]))
-    assert np.abs(tr.barycentric - np.array(d["barycentric"])).max() < 1e-6
+    # the same point on the surface: a point on an edge shared by two triangles (one barycentric weight
+    # 0) may be given by either of them, depending on the last bit of the closest-point search
+    V = model.mean.detach().cpu().double().numpy().reshape(-1, 3)
+    here = np.einsum("pk,pkd->pd", tr.barycentric, V[F[tr.triangle]])
+    shipped = np.einsum("pk,pkd->pd", np.array(d["barycentric"]), V[F[np.array(d["triangles"])]])
+    assert np.abs(here - shipped).max() < 1e-5  # mm
+    same = tr.triangle == np.array(d["triangles"])
+    assert same.sum() >= len(same) - 2 and np.abs(tr.barycentric[same] - np.array(d["barycentric"])[same]).max() < 1e-6
     assert res.registration.rms_mm == pytest.approx(d["registration"]["rms_mm"], abs=1e-3)
 
 
