@@ -262,6 +262,7 @@ def train(args, model=None) -> dict:
     if args.max_steps:
         total = min(total, args.max_steps)
     budget = 60.0 * args.time_budget
+    budget_run = bool(budget)  # epochs unbounded; stays true when a resumed run drops its budget below
     if budget:
         total = 10 ** 9 if not args.max_steps else args.max_steps  # sized after the first steps
         warmup = max(args.warmup, 1)
@@ -324,7 +325,7 @@ def train(args, model=None) -> dict:
 
     stop = step >= total
     reg.train()
-    n_epochs = 10 ** 9 if budget else args.epochs
+    n_epochs = 10 ** 9 if budget_run else args.epochs
     while not stop and epoch < n_epochs:
         ds_tr.set_epoch(epoch)
         sampler = make_sampler(epoch, epoch_step)
@@ -333,7 +334,7 @@ def train(args, model=None) -> dict:
         if not args.no_progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{'?' if budget else args.epochs}", file=sys.stderr,
+            bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{'?' if budget_run else args.epochs}", file=sys.stderr,
                        dynamic_ncols=True, mininterval=2.0)
         sums: dict = {}
         n_img, n_steps, t0, v0 = 0, 0, time.time(), val_time[0]

@@ -349,6 +349,37 @@ def test_training_smoke_and_resume(tmp_path):
     assert reg.predict(np.zeros((1, 120, 120, 3), np.uint8)).shape.shape == (1, m.n_shape)
 
 
+def test_time_budget_run_resumes_past_the_epoch_count(tmp_path):
+    """A --time-budget run sizes its schedule in steps, not epochs; interrupted after more epochs than
+    --epochs, --resume continues it to its planned step count (it used to stop at once)."""
+    from regressors import train as T
+
+    m = synthetic_model()
+    n = 12
+    lab = synthetic_labels(m, n, W=130, H=120, seed=7)
+    names = [f"syn/{i}.png" for i in range(n)]
+    (tmp_path / "syn").mkdir()
+    for i, nm in enumerate(names):
+        cv2.imwrite(str(tmp_path / nm), _blob_image(lab["landmarks3d"][i][[36, 45, 30, 48, 54]], 130, 120))
+    save_labels(tmp_path / "labels.npz", **lab, name=names, set=["ytf68"] * n, rmse=np.ones(n), ok=np.ones(n, bool),
+                split=["train"] * 8 + ["val"] * 4, model=m.name)
+    out = tmp_path / "run"
+    common = ["--labels", str(tmp_path / "labels.npz"), "--out", str(out), "--data-root", str(tmp_path), "--batch", "4",
+              "--width", "0.25", "--threads", "1", "--epochs", "1", "--no-progress", "--warmup", "1", "--time-budget", "10"]
+    threads = torch.get_num_threads()
+    try:
+        T.train(T.build_parser().parse_args(common + ["--max-steps", "7"]), model=m)
+        ck = torch.load(out / "last.pt", weights_only=True)
+        assert ck["step"] == 7 and ck["epoch"] == 3  # 2 steps per epoch: past --epochs 1
+        ck["total_steps"] = 9  # as if the budget had planned 9 steps and the run was stopped at 7
+        torch.save(ck, out / "last.pt")
+        T.train(T.build_parser().parse_args(common + ["--resume"]), model=m)
+    finally:
+        torch.set_num_threads(threads)
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["step"] == 9 and ck["total_steps"] == 9
+
+
 def test_label_file_and_weights_carry_the_landmark_definition(tmp_path):
     """landmark_ids survive the label file (and row selection) and the weight file; bad ids are refused."""
     from regressors.data import select_labels
