@@ -80,11 +80,12 @@ class FitConfig:
             corners, which keeps the head exactly mirror-equivariant; None = 2, or 0 with the fast preset), each mirrored too with ``flip_test``, and average all the landmark heads in image
             pixels (the LM targets; parameters come from the unshifted crop). All crops of a face run
             in one network call. Validation fit NME (``regressors.validate --pipeline``, 2,201 faces):
-            3.717 % without, 3.602 % with 2 (shipped weights; r10 before them: 3.783 / 3.681). The
+            3.717 % without, 3.602 % with 2 (r11 weights against labels v3; r10: 3.783 / 3.681; the
+            shipped r12 weights with 2: 3.551 % against labels v4, where r11 scores 3.772). The
             regressor stage goes from 2.4 to 5.6 ms per face (one face per call, one thread, int8),
             the whole ``fit_crops`` from 4.6 to 8.2 ms. With a re-crop, only the final pass is shifted.
         int8: on onnxruntime, run the shipped static-int8 twin of the weights (``NAME.int8.onnx``,
-            :mod:`regressors.quantize`: same validation NME to 0.01, 2.7x faster) when it was made
+            :mod:`regressors.quantize`: validation NME within 0.02, 2.5x faster) when it was made
             from exactly these weights; False: the float export.
         preset: ``"fast"``: the light regressor (``regressors/weights/fast.pt``, about 1 ms per face
             on one core; its model card has its accuracy) unless ``weights`` or ``$MORPHABLE_WEIGHTS``
