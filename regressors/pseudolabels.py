@@ -28,8 +28,8 @@ the file records those vertex ids (``landmark_ids``, :mod:`morphable.landmark_de
 (``--fit-from-label 8``, the default) is fitted with the output definition's own vertex: AFLW2000-3D's
 ground truth fits the Basel keypoints themselves to the annotations, so its 3D-style chin sits on the
 annotated chin, whereas the refined chin vertex lies 3.4 mm higher on the mean face and left the
-stored chin 2.4 % (aflw21) to 4.3 % (300-W, ytf68) of face size below the annotated one (labels v3,
-frontal faces); with it the aflw21 chins land on their annotations (+0.1 %). ``ok`` marks fits whose weighted
+stored chin 2.5 % (aflw21) to 5.1 % (300-W) of face size below the annotated one (labels v3,
+near-frontal faces); with it 0.1 % (aflw21) to 3.1 % (300-W). ``ok`` marks fits whose weighted
 RMSE is below ``--max-nme`` percent of the face size; the rest are kept but flagged.
 """
 from __future__ import annotations
@@ -174,12 +174,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     shared = Path(a.shared)
-    model = load_model(region=a.region, landmarks=a.fit_landmarks)
-    label_model = load_model(region=a.region, landmarks=a.label_landmarks)
-    try:
+    try:  # checked before any model is loaded
         swap = sorted({int(x) for x in a.fit_from_label.split(",") if x.strip()})
     except ValueError:
         ap.error(f"--fit-from-label: expected comma-separated point numbers, got {a.fit_from_label!r}")
+    model = load_model(region=a.region, landmarks=a.fit_landmarks)
+    label_model = load_model(region=a.region, landmarks=a.label_landmarks)
     if any(not 0 <= i < model.n_landmarks for i in swap):
         ap.error(f"--fit-from-label: points must lie in 0..{model.n_landmarks - 1}, got {swap}")
     model = with_points_from(model, label_model, swap)
