@@ -467,6 +467,6 @@ def _summary(label: str, docs: list, out_dir: Path, dt: float) -> str:
         p = d["pose"]
         rm = d.get("rmse_px")
         parts.append(f"yaw {p['yaw']:+.1f} pitch {p['pitch']:+.1f} roll {p['roll']:+.1f} deg, "
-                     f"rmse {'n/a' if rm is None else f'{rm:.2f} px'}{'' if d['converged'] else ' (not converged)'}")
+                     f"rmse {'n/a' if rm is None else f'{rm:.2f} px'}{'' if d['converged'] else ' (LM at its iteration limit)'}")
     first = output_paths(out_dir, docs[0]["stem"], 0)["mesh"]
     return f"{label}: {len(docs)} face(s) [{'; '.join(parts)}] -> {first} ({dt:.2f} s)"

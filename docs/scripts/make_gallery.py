@@ -303,7 +303,7 @@ def main(argv=None) -> int:
         L += [f"### {d['stem']}", "",
               f"yaw {p['yaw']:+.1f}°, pitch {p['pitch']:+.1f}°, roll {p['roll']:+.1f}°; landmark fit RMSE "
               f"{'–' if d.get('rmse_px') is None else format(d['rmse_px'], '.2f')} px"
-              f"{'' if d.get('converged') else ' (not converged)'}{score}.", "",
+              f"{'' if d.get('converged') else ' (LM at its iteration limit)'}{score}.", "",
               f"![{d['stem']}]({rel(path)})", ""]
     tex_shown = "morphable fit --example --texture --out textured/" + (f" --weights {a.weights}" if a.weights else "")
     L += ["## Textured mesh", "",
