@@ -164,6 +164,10 @@ def load_labels(path) -> dict:
     except (ValueError, OSError) as e:
         raise ValueError(f"{path}: not a readable npz label file ({e})") from None
     _validate(d, str(path))
+    # file-level arrays of the aflw21 label correction (regressors.label_correction): kept as one
+    # dict, not per-row arrays, so that select_labels does not slice them by rows
+    corr = {k: d.pop(k) for k in [k for k in d if k.startswith("correction_")]}
+    d["label_correction"] = corr or None
     d["model"] = str(d["model"]) if "model" in d else ""
     # a tuple (not an array): select_labels must not slice it by rows
     d["landmark_ids"] = tuple(int(i) for i in d["landmark_ids"]) if "landmark_ids" in d else None
