@@ -96,8 +96,6 @@ def test_correction_brings_21_point_labels_to_the_68_point_ones():
     subset), the correction plus refit moves the 21-point labels of *validation* faces toward their
     68-point labels: full run (2,007 / 541 faces) NME 2.56 -> 2.27 %, jaw 5.59 -> 5.20 %; this
     test's subset (600 / 200 faces) 2.68 -> 2.39 %."""
-    import torch
-
     from morphable.registry import load_model
     from regressors.pseudolabels import (aflw21_weights, correct_fits, fit_set, learn_aflw21_correction,
                                          mouth_opening_prior, read_300w, with_points_from)
@@ -105,7 +103,6 @@ def test_correction_brings_21_point_labels_to_the_68_point_ones():
 
     if not (SHARED / "data/300w/lfpw_test").is_dir():
         skip_without_shared("../shared/data/300w is missing")
-    torch.manual_seed(0)
     fit = load_model(region="face", landmarks="refined")
     label = load_model(region="face", landmarks="3d")
     fit = with_points_from(fit, label, [8])
