@@ -264,7 +264,9 @@ def test_texture_depth_and_normals_outputs(folder, tmp_path, fake_pipeline, monk
     got = far + (val[val > 0].astype(float) - 1) * (near - far) / 65534
     assert np.abs(got - want[val > 0]).max() <= (near - far) / 65534
     nrm = np.asarray(Image.open(out / "a_normals.png"))
-    assert nrm.shape == (80, 96, 3) and (nrm[val == 0] == 0).all() and nrm[val > 0, 2].min() > 127  # faces us
+    assert nrm.shape == (80, 96, 3) and (nrm[val == 0] == 0).all()
+    z = nrm[val > 0, 2]
+    assert (z > 127).mean() > 0.99 and np.median(z) > 200  # faces us (a few grazing pixels at folds may not)
     # resume counts the extras: all there -> skipped
     assert main(["fit", str(folder / "a.jpg"), "--out", str(out), "--texture", "--save", "depth,normals",
                  "--resume"]) == 0

@@ -4,7 +4,7 @@ Layout (``FaceXModel/``): ``generic_neutral_mesh.obj`` (v, vt, f), ``identity000
 one OBJ per expression (``v`` lines only in the trimmed copy, full meshes upstream), and
 ``vertex_indices.json`` (expression order, 68 landmark vertex ids). Coordinates are centimetres,
 +y up, +z out of the face, +x subject's left; converted here to millimetres (x10) and turned
-about x by :data:`FRAME_PITCH_DEG` (below) so that zero pitch means a face looking at the camera.
+about x by :data:`FRAME_PITCH_DEG` (below) so that poses read as AFLW2000-3D's Basel-model poses do.
 
 Identity targets are PCA modes already scaled to unit-variance weights (the upstream loader draws
 identity weights from N(0, 1)), so the shape basis is ``identity_i - neutral`` with std 1.
@@ -37,15 +37,19 @@ LICENCE = "MIT, Copyright (c) 2020 USC Institute for Creative Technologies (ICT-
 CM_TO_MM = 10.0
 
 #: Pitch (degrees, library convention: positive turns the face up) applied to ICT-FaceKit's
-#: coordinates at load, ``x_model = Rx(FRAME_PITCH_DEG) @ x_file`` (``ModelInfo.frame_rotation``).
-#: In ICT's own frame a face looking at the camera reads about -5 degrees of pitch: LM fits of the
-#: 68 annotated points of the 2,741 ytf68 *training* faces with |yaw| < 20 degrees (300-W contour
-#: mode, refined landmarks, :mod:`regressors.pseudolabels` settings) have a median pitch of -4.95
-#: degrees (the shipped regressor + LM read -5.08 on the same crops). YouTube interview frames are
-#: filmed at eye level, so their median pitch is taken as zero. AFLW training photos (21 points, no
-#: jaw) read -13.6 by the same measure and were not used: they are a different population and a
-#: 21-point fit constrains pitch poorly. The AFLW2000-3D (BFM) frame itself is not available here.
-FRAME_PITCH_DEG = -4.95
+#: coordinates at load, ``x_model = Rx(FRAME_PITCH_DEG) @ x_file`` (``ModelInfo.frame_rotation``),
+#: so that fitted poses read as AFLW2000-3D's do. AFLW2000-3D's ``Pose_Para`` is the rotation of a
+#: Basel face fitted to each photo's landmarks, and two models fitted to the same 68 points read
+#: different rotations. :mod:`regressors.pose_frame` measured the difference on *training* faces
+#: only (labels v5; 18,534 rows of 300-W, aflw21 and ytf68 with |yaw| < 45 degrees): the BFM
+#: 68-keypoint model (3DDFA_V2's basis, in ``../shared``, never shipped) fitted to each label's
+#: 3D-style landmarks reads the label's rotation turned by [pitch, yaw, roll] [-2.03, +0.25, +0.55]
+#: degrees in the face's frame (pitch per set -1.71 / -2.23 / -2.16; -1.55 to -2.84 when the BFM
+#: priors are scaled by 0.3 or 3). Applied to the previous frame (-4.95 degrees, the median pitch
+#: of LM fits to near-frontal ytf68 faces) that is [-2.914, -0.278, -0.538]. Only the pitch is
+#: kept: a model frame stays mirror-symmetric about x = 0 (mirror vertex maps, the training flip
+#: ``R -> M R M``), which a turn about y or z would break.
+FRAME_PITCH_DEG = -2.914
 
 
 def _confined(folder: Path, name: str) -> Path:
