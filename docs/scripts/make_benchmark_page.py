@@ -220,7 +220,8 @@ def section_accuracy(results: list[dict], files: list[Path], plots: Path, page: 
     if bias:
         L += ["Mean signed error (predicted − GT, degrees; images whose three errors are all under 99°): a",
               "constant offset between the default model's frame and the Basel Face Model frame of the",
-              "ground truth shows here ([Conventions](conventions.md#pose-angles)).", ""]
+              "ground truth would show here. The frame's pitch was measured on training faces",
+              "([Conventions](conventions.md#pose-angles), `python -m regressors.pose_frame`).", ""]
         L += table(["method", "images", "yaw", "pitch", "roll"], bias)
 
     reg_rows = [[f"**{label(r)}**", k, *(f(v[b]) for b in ("0-30", "30-60", "60-90")), f(v["mean"])]
