@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from morphable.errors import ModelNotFoundError
-from morphable.geometry import angles_to_rotmat, frame_change, project, rotmat_to_angles
+from morphable.geometry import angles_to_rotmat, frame_change, project, rotmat_to_angles, rotmat_to_rotvec
 from regressors.pose_frame import load_bfm_keypoint_model, mean_rotation, measure_pose_frame, rotation_offsets
 from tests.conftest import need_shared
 
@@ -57,7 +57,7 @@ def test_offsets_of_the_same_model_in_a_turned_frame_are_the_turn(bfm68):
     np.testing.assert_allclose(_deg(mean_rotation(D)), [3.0, -1.0, 2.0], atol=0.1)
 
 
-def test_measure_pose_frame_recovers_the_frame_and_uses_training_rows_only(bfm68, tmp_path):
+def test_measure_pose_frame_recovers_the_frame_and_uses_training_rows_only(bfm68):
     """The measured model frame D^T F_label is the frame in which fitted rotations equal the BFM
     fits' (frame_change gives D); validation rows and bad rows are never used."""
     L, R = _synthetic(bfm68, 40, seed=1)
@@ -67,11 +67,7 @@ def test_measure_pose_frame_recovers_the_frame_and_uses_training_rows_only(bfm68
     split = np.array(["train"] * (n - 8) + ["val"] * 8)
     ok = np.ones(n, bool)
     ok[0] = False
-    Rl = R @ G.T
-    rotvec = torch.as_tensor(Rl).double()
-    from morphable.geometry import rotmat_to_rotvec
-
-    rv = rotmat_to_rotvec(rotvec).numpy()
+    rv = rotmat_to_rotvec(torch.as_tensor(R @ G.T)).numpy()  # the labels' rotations, frame turned by G
     Lbad = L.numpy().copy()
     Lbad[n - 8:] += 40.0  # validation rows would ruin the fit if they were used
     Lbad[0] = np.nan
