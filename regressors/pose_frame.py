@@ -101,7 +101,7 @@ def _angles_deg(R) -> np.ndarray:
     return np.degrees(rotmat_to_angles(torch.as_tensor(np.asarray(R, np.float64))).numpy())
 
 
-def rotation_offsets(model: MorphableModel, landmarks, rotations, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def rotation_offsets(model: MorphableModel, landmarks, rotations) -> tuple[np.ndarray, np.ndarray]:
     """Fit ``model`` to ``landmarks`` and return each face's rotation offset from ``rotations``.
 
     Args:
@@ -119,13 +119,8 @@ def rotation_offsets(model: MorphableModel, landmarks, rotations, chunk: int = 4
     Rl = np.asarray(rotations, np.float64)
     if L.ndim != 3 or L.shape[1:] != (68, 2) or Rl.shape != (L.shape[0], 3, 3):
         raise ValueError(f"landmarks must be (N, 68, 2) and rotations (N, 3, 3), got {tuple(L.shape)} and {Rl.shape}")
-    m = model.double()
-    Ds, rm = [], []
-    for i in range(0, L.shape[0], chunk):
-        res = fit_landmarks(m, L[i:i + chunk], options=FitOptions(max_iterations=50, contour="3d"))
-        Ds.append(np.swapaxes(Rl[i:i + chunk], 1, 2) @ res.params.rotation.numpy())
-        rm.append(res.rmse.numpy())
-    return np.concatenate(Ds), np.concatenate(rm)
+    res = fit_landmarks(model.double(), L, options=FitOptions(max_iterations=50, contour="3d"))
+    return np.swapaxes(Rl, 1, 2) @ res.params.rotation.numpy(), res.rmse.numpy()
 
 
 @dataclass
@@ -246,8 +241,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--json", default=None, help="write the measurement here")
     a = ap.parse_args(argv)
     from .data import load_labels
+    from .pseudolabels import _default_shared
 
-    bfm = Path(a.bfm_dir) if a.bfm_dir else Path(__file__).resolve().parents[2] / "shared/models/bfm/3ddfa-mean"
+    bfm = Path(a.bfm_dir) if a.bfm_dir else _default_shared() / "models/bfm/3ddfa-mean"
     torch.set_num_threads(1)
     labels = load_labels(a.labels)
     runs = [(BFM_SHAPE_STD, BFM_EXPR_STD)]
