@@ -11,7 +11,9 @@ epoch, step, RNG), ``best.pt`` (weights of the best validation ``nme_param``, lo
 epoch) and ``args.json``.
 
 Optimiser AdamW (no decay on norms and biases); learning rate: linear warm-up then cosine decay to
-1% over all steps (a pure function of the step, so ``--resume`` continues it exactly). The data
+1% over all steps, or held constant with ``--schedule constant`` (a pure function of the step, so
+``--resume`` continues it exactly). ``--snapshots`` keeps the weights of every validation as
+``snap_STEP.pt``, for averaging (:mod:`regressors.average`). The data
 order and augmentation depend only on (seed, epoch, index), so a resumed run sees the same
 batches as an uninterrupted one. ``--extra-labels`` / ``--mix`` / ``--balance-yaw`` (e.g. the
 profiled faces of :mod:`regressors.profile`): see :mod:`regressors.mixing`.
@@ -61,10 +63,16 @@ class EpochBatches(Sampler):
         return max(len(self.batches()) - self.start, 0)
 
 
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine from ``base`` to ``base / 100``."""
+def lr_at(step: int, total: int, base: float, warmup: int, schedule: str = "cosine") -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from ``base`` to ``base / 100``
+    (``schedule="cosine"``) or ``base`` held (``"constant"``, for weight averaging: see
+    :mod:`regressors.average`)."""
     if step < warmup:
         return base * (step + 1) / warmup
+    if schedule == "constant":
+        return base
+    if schedule != "cosine":
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     p = min((step - warmup) / max(total - warmup, 1), 1.0)
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p)))
 
@@ -83,6 +91,10 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=300, help="warm-up steps")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="learning rate after the warm-up: cosine decay to 1 %%, or constant (for weight averaging)")
+    p.add_argument("--snapshots", action="store_true",
+                   help="also keep the weights of every validation as OUT/snap_STEP.pt (for python -m regressors.average)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2,
                    help="torch intra-op threads; use 1 when anything else runs on the 2 cores (2 threads are then up to 10x slower)")
@@ -307,6 +319,8 @@ def train(args, model=None) -> dict:
         last_metrics = m
         rec = {"type": "val", "epoch": epoch, "step": step, "time_s": round(time.time() - t_start, 1), **m}
         _log(log, rec)
+        if args.snapshots:
+            save_regressor(reg, out_dir / f"snap_{step:07d}.pt", {**m, "epoch": epoch, "step": step}, landmark_ids=lm_ids)
         if m["nme_param"] < best:
             best = m["nme_param"]
             save_regressor(reg, out_dir / "best.pt", {**m, "epoch": epoch, "step": step}, landmark_ids=lm_ids)
@@ -339,7 +353,7 @@ def train(args, model=None) -> dict:
         sums: dict = {}
         n_img, n_steps, t0, v0 = 0, 0, time.time(), val_time[0]
         for batch in loader:
-            lr = lr_at(step, total, args.lr, warmup)
+            lr = lr_at(step, total, args.lr, warmup, args.schedule)
             for g in opt.param_groups:
                 g["lr"] = lr
             if teacher is not None:

@@ -201,6 +201,19 @@ def _blob_image(points, W, H):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def synthetic_label_file(tmp_path, model, seed: int, n: int = 12, W: int = 130, H: int = 120):
+    """``tmp_path/labels.npz`` of ``n`` synthetic faces (8 train, the rest val) with blob images under
+    ``tmp_path/syn``: a tiny training set for smoke runs (``--data-root tmp_path``)."""
+    lab = synthetic_labels(model, n, W=W, H=H, seed=seed)
+    names = [f"syn/{i}.png" for i in range(n)]
+    (tmp_path / "syn").mkdir()
+    for i, nm in enumerate(names):
+        cv2.imwrite(str(tmp_path / nm), _blob_image(lab["landmarks3d"][i][[36, 45, 30, 48, 54]], W, H))
+    save_labels(tmp_path / "labels.npz", **lab, name=names, set=["ytf68"] * n, rmse=np.ones(n), ok=np.ones(n, bool),
+                split=["train"] * 8 + ["val"] * (n - 8), model=model.name)
+    return tmp_path / "labels.npz"
+
+
 def test_dataset_image_and_labels_agree_under_augmentation():
     """Bright blobs drawn at 4 landmarks land at the crop-frame landmarks after flip + rotation + box jitter."""
     m = synthetic_model().double()
@@ -319,15 +332,7 @@ def test_training_smoke_and_resume(tmp_path):
     from regressors import train as T
 
     m = synthetic_model()
-    W, H = 130, 120
-    n = 12
-    lab = synthetic_labels(m, n, W=W, H=H, seed=6)
-    names = [f"syn/{i}.png" for i in range(n)]
-    (tmp_path / "syn").mkdir()
-    for i, nm in enumerate(names):
-        cv2.imwrite(str(tmp_path / nm), _blob_image(lab["landmarks3d"][i][[36, 45, 30, 48, 54]], W, H))
-    save_labels(tmp_path / "labels.npz", **lab, name=names, set=["ytf68"] * n, rmse=np.ones(n), ok=np.ones(n, bool),
-                split=["train"] * 8 + ["val"] * 4, model=m.name)
+    synthetic_label_file(tmp_path, m, seed=6)
     out = tmp_path / "run"
     common = ["--labels", str(tmp_path / "labels.npz"), "--out", str(out), "--data-root", str(tmp_path), "--batch", "4",
               "--width", "0.25", "--threads", "1", "--epochs", "3", "--no-progress", "--warmup", "1"]
@@ -355,14 +360,7 @@ def test_time_budget_run_resumes_past_the_epoch_count(tmp_path):
     from regressors import train as T
 
     m = synthetic_model()
-    n = 12
-    lab = synthetic_labels(m, n, W=130, H=120, seed=7)
-    names = [f"syn/{i}.png" for i in range(n)]
-    (tmp_path / "syn").mkdir()
-    for i, nm in enumerate(names):
-        cv2.imwrite(str(tmp_path / nm), _blob_image(lab["landmarks3d"][i][[36, 45, 30, 48, 54]], 130, 120))
-    save_labels(tmp_path / "labels.npz", **lab, name=names, set=["ytf68"] * n, rmse=np.ones(n), ok=np.ones(n, bool),
-                split=["train"] * 8 + ["val"] * 4, model=m.name)
+    synthetic_label_file(tmp_path, m, seed=7)
     out = tmp_path / "run"
     common = ["--labels", str(tmp_path / "labels.npz"), "--out", str(out), "--data-root", str(tmp_path), "--batch", "4",
               "--width", "0.25", "--threads", "1", "--epochs", "1", "--no-progress", "--warmup", "1", "--time-budget", "10"]
