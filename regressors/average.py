@@ -135,7 +135,7 @@ def _training_crops(labels_path, regressor, batches: int, batch: int, data_root=
     from .data import FaceLabelDataset, load_labels, model_for_labels, select_labels
 
     labels = load_labels(labels_path)
-    model = model_for_labels(labels)
+    model = model_for_labels(None, labels)
     tr = np.where(np.asarray(labels["ok"], bool) & (np.asarray(labels["split"]) == "train"))[0]
     if not len(tr):
         raise ValueError(f"{labels_path}: no training rows (ok & split == 'train') to recompute BatchNorm statistics on")

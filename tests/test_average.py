@@ -118,7 +118,7 @@ def test_snapshot_run_then_average_with_batchnorm_from_the_labels(tmp_path, caps
         torch.set_num_threads(threads)
     snaps = snapshots_of_run(out)
     assert [p.name for p in snaps] == ["snap_0000002.pt", "snap_0000004.pt", "snap_0000006.pt"]  # one per epoch
-    monkeypatch.setattr("regressors.data.model_for_labels", lambda labels: m)  # the synthetic model, by name unknown
+    monkeypatch.setattr("regressors.data.model_for_labels", lambda name, labels: m)  # the synthetic model, unknown by name
     try:
         A.main(["--run", str(out), "--from-step", "4", "--out", str(tmp_path / "swa.pt"), "--labels",
                 str(tmp_path / "labels.npz"), "--data-root", str(tmp_path), "--bn-batches", "2", "--batch", "4",
