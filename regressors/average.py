@@ -128,7 +128,7 @@ def snapshots_of_run(run, from_step: int = 0) -> list[Path]:
     return picked
 
 
-def _training_crops(labels_path, regressor, batches: int, batch: int, data_root=None, seed: int = 0):
+def _training_crops(labels_path, batches: int, batch: int, data_root=None, seed: int = 0):
     """Augmented training crops of a label file, as the network sees them in training."""
     from torch.utils.data import DataLoader
 
@@ -139,11 +139,10 @@ def _training_crops(labels_path, regressor, batches: int, batch: int, data_root=
     tr = np.where(np.asarray(labels["ok"], bool) & (np.asarray(labels["split"]) == "train"))[0]
     if not len(tr):
         raise ValueError(f"{labels_path}: no training rows (ok & split == 'train') to recompute BatchNorm statistics on")
-    rng = np.random.default_rng(seed)
-    pick = rng.permutation(tr)[: batches * batch]
-    ds = FaceLabelDataset(select_labels(labels, np.sort(pick)), augment=True, seed=seed, data_root=data_root,
+    pick = np.random.default_rng(seed).permutation(tr)[: batches * batch]  # a random draw, in random order
+    ds = FaceLabelDataset(select_labels(labels, pick), augment=True, seed=seed, data_root=data_root,
                           expression_names=model.info.expression_names)
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(ds, batch_size=batch, shuffle=False)
     return (b["image"] for b in itertools.islice(loader, batches))
 
 
@@ -162,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .weights import load_regressor, save_regressor
 
     torch.set_num_threads(max(a.threads, 1))
-    paths = list(a.weights) + (snapshots_of_run(a.run, a.from_step) if a.run else [])
+    paths = [Path(w) for w in a.weights] + (snapshots_of_run(a.run, a.from_step) if a.run else [])
     if not paths:
         ap.error("give weight files or --run")
     avg = average_weight_files(paths)
@@ -173,12 +172,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     n = 0
     if a.labels:
         reg = load_regressor(tmp)  # in its own raw frame: the file keeps the frame it was trained in
-        n = recompute_batchnorm(reg, _training_crops(a.labels, reg, a.bn_batches, a.batch, a.data_root))
+        n = recompute_batchnorm(reg, _training_crops(a.labels, a.bn_batches, a.batch, a.data_root))
         extra = {k: v for k, v in avg.items() if k not in ("format", "version", "config", "state_dict", "metrics", "frame_rotation")}
         save_regressor(reg, tmp, {**avg["metrics"], "batchnorm_batches": n}, **extra)
     tmp.replace(out)
-    print(f"wrote {out}: mean of {len(paths)} files ({paths[0].name if hasattr(paths[0], 'name') else paths[0]} ... "
-          f"{Path(paths[-1]).name}); BatchNorm statistics "
+    print(f"wrote {out}: mean of {len(paths)} files ({paths[0].name} ... {paths[-1].name}); BatchNorm statistics "
           + (f"recomputed on {n} batches of {a.batch} training crops" if n else "averaged (no --labels)"))
     return 0
 
