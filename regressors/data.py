@@ -19,6 +19,9 @@ key             shape/dtype  meaning
 ``ok``          (N,) bool    the fit is usable
 ``split``       (N,) str     ``'train'`` or ``'val'``
 ``model``       () str       optional: name of the morphable model the labels belong to
+``contour``     (N,) str     optional: ``'2d'`` where ``target``'s jaw is a 300-W silhouette
+                             (ytf68, 300-W), else ``'3d'``; on ``'2d'`` rows the dataset gives
+                             the sliding jaw (:data:`CONTOUR_POINTS`) no ``visible`` weight
 =============== ============ =================================================================
 
 Image pixels are 0-based with pixel centres on integers (:mod:`morphable.crop`).
@@ -61,6 +64,8 @@ from .networks import PIXEL_MEAN, PIXEL_SCALE
 __all__ = [
     "IBUG68_FLIP",
     "LABEL_KEYS",
+    "OPTIONAL_LABEL_KEYS",
+    "CONTOUR_POINTS",
     "expression_flip_permutation",
     "save_labels",
     "load_labels",
@@ -86,6 +91,14 @@ LABEL_KEYS = {
     "scale": ((), "f"), "translation": ((2,), "f"), "landmarks3d": ((68, 2), "f"), "target": ((68, 2), "f"),
     "visible": ((68,), "f"), "rmse": ((), "f"), "ok": ((), "b"), "split": ((), "U"),
 }
+#: Optional per-row label keys: ``contour`` is ``"2d"`` where ``target`` is a 300-W-style annotation
+#: whose jaw follows the visible silhouette (ytf68, 300-W), ``"3d"`` where it is not (files without
+#: it: all ``"3d"``). The training losses compare ``target`` with the 3D-style landmarks, so on
+#: ``"2d"`` rows the sliding jaw points (:data:`CONTOUR_POINTS`) get no weight there.
+OPTIONAL_LABEL_KEYS = {"contour": ((), "U")}
+#: The jaw points that slide on the silhouette in the 2D-contour definition (the solver's
+#: ``contour="2d"``: iBUG 0-7 and 9-16; the chin, 8, is a fixed vertex in both definitions).
+CONTOUR_POINTS = tuple(range(0, 8)) + tuple(range(9, 17))
 
 
 def expression_flip_permutation(names: Sequence[str]) -> Optional[np.ndarray]:
@@ -113,17 +126,20 @@ def expression_flip_permutation(names: Sequence[str]) -> Optional[np.ndarray]:
 
 # -------------------------------------------------------------------------------- label file
 def save_labels(path, *, name, set, shape, expr, rotvec, scale, translation, landmarks3d, target, visible,
-                rmse, ok, split, model: str = "", landmark_ids=None, frame_rotation=None) -> None:
+                rmse, ok, split, model: str = "", landmark_ids=None, frame_rotation=None, contour=None) -> None:
     """Write a pseudo-label file (npz, uncompressed) after checking every array's shape.
 
     Arguments are the keys of the module docstring's table. Strings are stored as fixed-width
-    unicode arrays so that :func:`load_labels` never needs pickle.
+    unicode arrays so that :func:`load_labels` never needs pickle. ``contour``: optional (N,)
+    ``"2d"``/``"3d"`` per row (:data:`OPTIONAL_LABEL_KEYS`).
     """
     arrays = dict(name=name, set=set, shape=shape, expr=expr, rotvec=rotvec, scale=scale, translation=translation,
                   landmarks3d=landmarks3d, target=target, visible=visible, rmse=rmse, ok=ok, split=split)
+    if contour is not None:
+        arrays["contour"] = contour
     out = {}
     for k, v in arrays.items():
-        kind = LABEL_KEYS[k][1]
+        kind = {**LABEL_KEYS, **OPTIONAL_LABEL_KEYS}[k][1]
         a = np.asarray(v)
         out[k] = a.astype(str) if kind == "U" else a.astype(bool) if kind == "b" else a.astype(np.float32)
     _validate(out, str(path))
@@ -151,6 +167,13 @@ def _validate(d: dict, where: str) -> int:
     bad = set(np.unique(d["split"])) - {"train", "val"}
     if bad:
         raise ValueError(f"{where}: split values must be 'train' or 'val', got {sorted(bad)}")
+    if "contour" in d:
+        if d["contour"].shape != (N,):
+            raise ValueError(f"{where}: label 'contour' must be {(N,)}, got {d['contour'].shape}")
+        bad = set(np.unique(d["contour"]).astype(str)) - {"2d", "3d"}
+        if bad:
+            raise ValueError(f"{where}: contour values must be '2d' or '3d', got {sorted(bad)}; "
+                             "re-create the labels with regressors.pseudolabels")
     return N
 
 
@@ -445,6 +468,8 @@ class FaceLabelDataset(Dataset):
         f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
         R = rotvec_to_rotmat(torch.as_tensor(lab["rotvec"], dtype=torch.float64))
         vis = np.where(np.isfinite(lab["target"]).all(1), lab["visible"], 0.0)
+        if "contour" in self.labels and str(self.labels["contour"][i]) == "2d":
+            vis[list(CONTOUR_POINTS)] = 0.0  # a silhouette jaw is not the 3D-style jaw the losses compare it with
         st = str(self.labels["set"][i])
         return {
             "image": (torch.from_numpy(crop).permute(2, 0, 1).float() - PIXEL_MEAN) / PIXEL_SCALE,

@@ -49,8 +49,9 @@ def add_mixing_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def concat_labels(parts: Sequence[tuple]) -> dict:
     """Join label dicts: ``parts`` is a sequence of ``(labels, root)``; a part with a ``root`` has its
     names made absolute (``root / name``). Keeps the keys of the label-file contract
-    (:data:`regressors.data.LABEL_KEYS`) and the first part's ``model`` and ``frame_rotation`` (bring
-    the parts to one frame first: :func:`regressors.data.to_frame`)."""
+    (:data:`regressors.data.LABEL_KEYS`), the per-row ``contour`` when any part has it (``"3d"`` for
+    the rows of parts without it, what the data loader assumes for them), and the first part's
+    ``model`` and ``frame_rotation`` (bring the parts to one frame first: :func:`regressors.data.to_frame`)."""
     if not parts:
         raise ValueError("nothing to join")
     Ks = {p[0]["shape"].shape[1] for p in parts}
@@ -67,6 +68,9 @@ def concat_labels(parts: Sequence[tuple]) -> dict:
                 a = np.array([str(base / n) for n in a.astype(str)])
             arrs.append(a.astype(str) if kind == "U" else a)
         cols[k] = np.concatenate(arrs)
+    if any("contour" in lab for lab, _ in parts):
+        cols["contour"] = np.concatenate([np.asarray(lab["contour"]).astype(str) if "contour" in lab
+                                          else np.full(len(lab["name"]), "3d") for lab, _ in parts])
     cols["model"] = parts[0][0].get("model", "")
     frames = {tuple(map(tuple, np.round(np.asarray(p[0].get("frame_rotation", np.eye(3)), dtype=np.float64), 9))) for p in parts}
     if len(frames) != 1:

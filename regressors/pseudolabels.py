@@ -30,7 +30,9 @@ ground truth fits the Basel keypoints themselves to the annotations, so its 3D-s
 annotated chin, whereas the refined chin vertex lies 3.4 mm higher on the mean face and left the
 stored chin 2.5 % (aflw21) to 5.1 % (300-W) of face size below the annotated one (labels v3,
 near-frontal faces); with it 0.1 % (aflw21) to 3.1 % (300-W). ``ok`` marks fits whose weighted
-RMSE is below ``--max-nme`` percent of the face size; the rest are kept but flagged.
+RMSE is below ``--max-nme`` percent of the face size; the rest are kept but flagged. Each row's
+``contour`` records how its annotation's jaw was fitted (``"2d"``: ytf68 and 300-W, whose jaw is the
+silhouette), so that training does not pull the 3D-style jaw toward it (:mod:`regressors.data`).
 
 aflw21's 52 unannotated points (jaw, eyelids, lips, nose bridge) are placed by the model's prior,
 which is biased: on 300-W faces fitted to the AFLW-like subset, the 3D-style jaw comes out wider and
@@ -278,7 +280,8 @@ def main(argv=None) -> int:
         rel = r["rmse"] / size * 100
         r["ok"] = r["valid"] & np.isfinite(rel) & (rel < a.max_nme)
         r.update(name=np.array(names), set=np.array([name] * len(names)), split=np.array(splits),
-                 target=pts, visible=w, annotated_yaw=yaw, rmse_percent=rel)
+                 target=pts, visible=w, annotated_yaw=yaw, rmse_percent=rel,
+                 contour=np.array([contour] * len(names)))  # "2d": a silhouette jaw (regressors.data)
         print(f"{name}: {dt:.1f} s ({len(names) / dt:.0f} fits/s), ok {r['ok'].mean() * 100:.1f} %, "
               f"median RMSE {np.nanmedian(r['rmse']):.2f} px = {np.nanmedian(rel):.2f} % of face size", flush=True)
         parts.append(r)

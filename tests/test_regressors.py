@@ -11,8 +11,8 @@ import torch
 from morphable.errors import WeightsError
 from morphable.geometry import angles_to_rotmat, project, rotmat_to_angles, rotvec_to_rotmat
 from morphable.model import ModelInfo, MorphableModel
-from regressors.data import (IBUG68_FLIP, FaceLabelDataset, expression_flip_permutation, flip_labels, load_labels,
-                             rotate_labels, save_labels)
+from regressors.data import (CONTOUR_POINTS, IBUG68_FLIP, FaceLabelDataset, expression_flip_permutation, flip_labels,
+                             load_labels, rotate_labels, save_labels, select_labels)
 from regressors.losses import nme
 from regressors.networks import Regressor, RegressorConfig, rotmat_to_sixd, sixd_to_rotmat
 from regressors.weights import OnnxRegressor, export_onnx, load_regressor, save_regressor
@@ -261,6 +261,44 @@ def test_label_file_round_trip(tmp_path):
     with pytest.raises(ValueError, match="visible"):
         save_labels(tmp_path / "bad.npz", **bad, **extra)
 
+
+
+def test_label_contour_round_trips_and_masks_the_silhouette_jaw(tmp_path):
+    """``contour`` survives save/load; on "2d" rows the dataset gives the sliding jaw points (iBUG
+    0-7, 9-16) no annotation weight, the chin and interior keep theirs; "3d" rows and files
+    without the key are untouched; a wrong value or shape is refused."""
+    m = synthetic_model()
+    lab = synthetic_labels(m, 3, seed=2)
+    extra = dict(name=["a.png", "b.png", "c.png"], set=["300w", "aflw21", "ytf68"], rmse=np.ones(3), ok=np.ones(3, bool),
+                 split=["train"] * 3)
+    save_labels(tmp_path / "l.npz", **lab, **extra, model="synthetic", contour=["2d", "3d", "2d"])
+    d = load_labels(tmp_path / "l.npz")
+    assert list(d["contour"]) == ["2d", "3d", "2d"]
+    assert list(select_labels(d, np.array([2, 1]))["contour"]) == ["2d", "3d"]
+    save_labels(tmp_path / "old.npz", **lab, **extra, model="synthetic")
+    old = load_labels(tmp_path / "old.npz")
+    assert "contour" not in old
+    from regressors.mixing import concat_labels
+
+    assert list(concat_labels([(d, None), (old, None)])["contour"]) == ["2d", "3d", "2d", "3d", "3d", "3d"]
+    assert "contour" not in concat_labels([(old, None), (old, None)])
+    img = np.zeros((120, 130, 3), np.uint8)
+    images = {n: img for n in extra["name"]}
+    jaw = list(CONTOUR_POINTS)
+    assert jaw == list(range(8)) + list(range(9, 17))
+    for labels, masked in ((d, [True, False, True]), (old, [False, False, False])):
+        ds = FaceLabelDataset(labels, expression_names=EXPR_NAMES, augment=False, images=images)
+        for i in range(3):
+            vis = ds[i]["visible"].numpy()
+            want = np.asarray(labels["visible"][i], np.float32).copy()
+            assert (want[jaw] > 0).all() and want[8] > 0  # the synthetic annotation has a jaw to mask
+            if masked[i]:
+                want[jaw] = 0.0
+            np.testing.assert_array_equal(vis, want)
+    with pytest.raises(ValueError, match="contour values"):
+        save_labels(tmp_path / "bad.npz", **lab, **extra, contour=["2d", "silhouette", "3d"])
+    with pytest.raises(ValueError, match="contour"):
+        save_labels(tmp_path / "bad2.npz", **lab, **extra, contour=["2d", "3d"])
 
 # ------------------------------------------------------------------------- weights/ONNX
 def test_onnx_parity(tmp_path):
