@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fitting.solver import JAW_LEFT, JAW_RIGHT
 from morphable.crop import CROP_SIZE, CropBox, box_from_landmarks, camera_to_crop, crop_image, to_crop
 from morphable.geometry import angles_to_rotmat, as_rotation_matrix, rotmat_to_rotvec, rotvec_to_rotmat
 from morphable.landmark_definition import IBUG68_MIRROR
@@ -96,9 +97,9 @@ LABEL_KEYS = {
 #: it: all ``"3d"``). The training losses compare ``target`` with the 3D-style landmarks, so on
 #: ``"2d"`` rows the sliding jaw points (:data:`CONTOUR_POINTS`) get no weight there.
 OPTIONAL_LABEL_KEYS = {"contour": ((), "U")}
-#: The jaw points that slide on the silhouette in the 2D-contour definition (the solver's
-#: ``contour="2d"``: iBUG 0-7 and 9-16; the chin, 8, is a fixed vertex in both definitions).
-CONTOUR_POINTS = tuple(range(0, 8)) + tuple(range(9, 17))
+#: The jaw points that slide on the silhouette in the 2D-contour definition: the solver's
+#: ``contour="2d"`` points, iBUG 0-7 and 9-16 (the chin, 8, is a fixed vertex in both definitions).
+CONTOUR_POINTS = JAW_RIGHT + JAW_LEFT
 
 
 def expression_flip_permutation(names: Sequence[str]) -> Optional[np.ndarray]:

@@ -262,7 +262,6 @@ def test_label_file_round_trip(tmp_path):
         save_labels(tmp_path / "bad.npz", **bad, **extra)
 
 
-
 def test_label_contour_round_trips_and_masks_the_silhouette_jaw(tmp_path):
     """``contour`` survives save/load; on "2d" rows the dataset gives the sliding jaw points (iBUG
     0-7, 9-16) no annotation weight, the chin and interior keep theirs; "3d" rows and files
@@ -299,6 +298,7 @@ def test_label_contour_round_trips_and_masks_the_silhouette_jaw(tmp_path):
         save_labels(tmp_path / "bad.npz", **lab, **extra, contour=["2d", "silhouette", "3d"])
     with pytest.raises(ValueError, match="contour"):
         save_labels(tmp_path / "bad2.npz", **lab, **extra, contour=["2d", "3d"])
+
 
 # ------------------------------------------------------------------------- weights/ONNX
 def test_onnx_parity(tmp_path):
