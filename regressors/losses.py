@@ -11,8 +11,8 @@ All terms are in the crop frame (pixels) unless stated:
   flipped samples (``shape_w = 0``) the label vertices use the predicted shape (detached), so
   only pose, camera and expression are supervised by it.
 * ``pose``: squared Frobenius distance of the rotation matrices (= 4 (1 - cos angle)).
-* ``head``: landmark head vs the label ``landmarks3d`` (smooth L1) plus ``head_target`` times the
-  same vs visible ``target`` points.
+* ``head``: landmark head vs the label ``landmarks3d`` (smooth L1, or the Wing loss with
+  ``head_loss="wing"``) plus ``head_target`` times the same vs visible ``target`` points.
 * ``shape``/``expr``: direct parameter losses (MSE of normalised shape, masked by ``shape_w``;
   MSE of expression coefficients, masked by ``expr_w``).
 * ``distill`` (only when the batch carries a ``teacher`` :class:`RegressorOutput`, the main network
@@ -21,6 +21,7 @@ All terms are in the crop frame (pixels) unless stated:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,7 +31,10 @@ from morphable.geometry import project, rotmat_to_angles
 
 from .networks import Regressor, RegressorOutput
 
-__all__ = ["LossWeights", "RegressorLoss", "nme", "batch_metrics"]
+__all__ = ["HEAD_LOSSES", "LossWeights", "RegressorLoss", "wing", "nme", "batch_metrics"]
+
+#: loss functions of the landmark head terms (:class:`RegressorLoss` ``head_loss``)
+HEAD_LOSSES = ("sl1", "wing")
 
 
 @dataclass
@@ -48,6 +52,27 @@ class LossWeights:
         return asdict(self)
 
 
+def wing(x: torch.Tensor, width: float = 10.0, eps: float = 2.0) -> torch.Tensor:
+    """The Wing loss of Feng et al. (CVPR 2018) of residuals ``x`` (any shape, px), elementwise.
+
+    ``width * log(1 + |x| / eps)`` below ``|x| = width``, ``|x| - C`` above it, with
+    ``C = width - width * log(1 + width / eps)`` so that the two pieces meet. Its slope is
+    ``width / (eps + |x|)``: up to ``width / eps`` times that of L1 for small residuals, which
+    weights the last pixel of a landmark more than smooth L1 does, and 1 (L1) beyond ``width``.
+    """
+    if not (width > 0 and eps > 0):
+        raise ValueError(f"wing: width and eps must be positive, got {width} and {eps}")
+    a = x.abs()
+    C = width - width * math.log1p(width / eps)
+    return torch.where(a < width, width * torch.log1p(a / eps), a - C)
+
+
+def _weighted_wing(pred, target, w, width: float, eps: float):
+    """Wing loss over (B, L, 2) points (summed over x and y) with per-point weights (B, L)."""
+    e = wing(pred - target, width, eps).sum(-1)
+    return (e * w).sum() / w.sum().clamp_min(1.0)
+
+
 def _weighted_sl1(pred, target, w, beta=1.0):
     """Smooth L1 over (B, L, 2) points with per-point weights (B, L); mean per unit weight."""
     e = F.smooth_l1_loss(pred, target, reduction="none", beta=beta).sum(-1)
@@ -62,12 +87,20 @@ class RegressorLoss(torch.nn.Module):
         n_vertices: size of the fixed random vertex subset of the ``vdc`` term.
         weights: :class:`LossWeights`.
         seed: seed of the vertex subset.
+        head_loss: ``"sl1"`` (smooth L1, beta 1 px) or ``"wing"`` (:func:`wing` with ``wing_width``
+            and ``wing_eps``, px of the crop) for the landmark head terms ``head`` and ``head_target``.
     """
 
-    def __init__(self, model, n_vertices: int = 500, weights: LossWeights | None = None, seed: int = 0):
+    def __init__(self, model, n_vertices: int = 500, weights: LossWeights | None = None, seed: int = 0,
+                 head_loss: str = "sl1", wing_width: float = 10.0, wing_eps: float = 2.0):
         super().__init__()
+        if head_loss not in HEAD_LOSSES:
+            raise ValueError(f"head_loss must be one of {HEAD_LOSSES}, got {head_loss!r}")
+        if head_loss == "wing":
+            wing(torch.zeros(1), wing_width, wing_eps)  # checks the parameters now, not at the first batch
         self.model = model
         self.w = weights or LossWeights()
+        self.head_loss, self.wing_width, self.wing_eps = head_loss, float(wing_width), float(wing_eps)
         g = torch.Generator().manual_seed(seed)
         n = min(n_vertices, model.n_vertices)
         sub = torch.randperm(model.n_vertices, generator=g)[:n]
@@ -91,8 +124,12 @@ class RegressorLoss(torch.nn.Module):
         t["vdc"] = F.smooth_l1_loss(Vp, Vl, reduction="none").sum(-1).mean()
         t["pose"] = ((out.rotmat - batch["rotmat"]) ** 2).sum((-1, -2)).mean()
         ones = torch.ones_like(vis)
-        t["head"] = _weighted_sl1(out.landmarks, batch["landmarks3d"], ones)
-        t["head_target"] = _weighted_sl1(out.landmarks, batch["target"], vis)
+        if self.head_loss == "wing":
+            hl = lambda p, q, ww: _weighted_wing(p, q, ww, self.wing_width, self.wing_eps)  # noqa: E731
+        else:
+            hl = _weighted_sl1
+        t["head"] = hl(out.landmarks, batch["landmarks3d"], ones)
+        t["head_target"] = hl(out.landmarks, batch["target"], vis)
         zs = (batch["shape"] - reg.shape_mean) / reg.shape_std
         t["shape"] = (((z["shape"] - zs) ** 2).mean(-1) * batch["shape_w"]).sum() / batch["shape_w"].sum().clamp_min(1.0)
         t["expr"] = (((out.expr - batch["expr"]) ** 2).mean(-1) * batch["expr_w"]).sum() / batch["expr_w"].sum().clamp_min(1.0)

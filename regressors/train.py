@@ -6,7 +6,8 @@ r"""Train a regressor on a pseudo-label file.
         [--extra-labels PROFILED.npz [--extra-root DIR] [--mix 0.5]] [--balance-yaw]
 
 Writes to ``--out``: ``last.pt`` (checkpoint after every epoch and at the end: weights, optimiser,
-epoch, step, RNG), ``best.pt`` (weights of the best validation ``nme_param``, loadable by
+epoch, step, RNG), ``best.pt`` (weights of the best validation ``--select`` score, by default
+``nme_param``; loadable by
 :func:`regressors.weights.load_regressor`), ``log.jsonl`` (one JSON object per validation and per
 epoch) and ``args.json``.
 
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .data import FaceLabelDataset, crop_labels, load_labels, model_for_labels, select_labels, to_frame
 from .mixing import add_mixing_arguments, plan_mixing
-from .losses import LossWeights, RegressorLoss, batch_metrics
+from .losses import HEAD_LOSSES, LossWeights, RegressorLoss, batch_metrics
 from .networks import ARCHS, Regressor, RegressorConfig, label_stats
 from .weights import FORMAT, read_weight_file, save_regressor
 
@@ -61,6 +62,20 @@ class EpochBatches(Sampler):
 
     def __len__(self) -> int:
         return max(len(self.batches()) - self.start, 0)
+
+
+#: validation scores ``--select`` can pick ``best.pt`` by (:func:`selection_score`)
+SELECT_SCORES = ("nme_param", "nme_head", "mean")
+
+
+def selection_score(metrics: dict, select: str) -> float:
+    """The number ``best.pt`` minimises: ``metrics[select]``, or the mean of ``nme_param`` and
+    ``nme_head`` for ``"mean"`` (both % of face size, :func:`regressors.losses.batch_metrics`)."""
+    if select == "mean":
+        return 0.5 * (float(metrics["nme_param"]) + float(metrics["nme_head"]))
+    if select not in SELECT_SCORES:
+        raise ValueError(f"select must be one of {SELECT_SCORES}, got {select!r}")
+    return float(metrics[select])
 
 
 def lr_at(step: int, total: int, base: float, warmup: int, schedule: str = "cosine") -> float:
@@ -123,6 +138,12 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
     p.add_argument("--n-vertices", type=int, default=500, help="random vertices of the VDC term")
     for k, v in LossWeights().to_dict().items():
         p.add_argument(f"--w-{k.replace('_', '-')}", type=float, default=v, help=f"loss weight of '{k}'")
+    p.add_argument("--select", choices=SELECT_SCORES, default="nme_param",
+                   help="validation score that picks best.pt: the parameter path's NME, the landmark head's, or their mean")
+    p.add_argument("--head-loss", choices=HEAD_LOSSES, default="sl1",
+                   help="loss of the landmark head terms: smooth L1 (beta 1 px) or Wing (regressors.losses.wing)")
+    p.add_argument("--wing-width", type=float, default=10.0, help="Wing loss: width w, px of the crop (--head-loss wing)")
+    p.add_argument("--wing-eps", type=float, default=2.0, help="Wing loss: curvature epsilon, px (--head-loss wing)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     add_mixing_arguments(p)
     return p
@@ -267,7 +288,8 @@ def train(args, model=None) -> dict:
         if teacher.cfg.crop_size != cfg.crop_size:
             raise SystemExit(f"--teacher {args.teacher}: crops of {teacher.cfg.crop_size} px, the student's are {cfg.crop_size}")
     opt = torch.optim.AdamW(_param_groups(reg, args.weight_decay), lr=args.lr)
-    crit = RegressorLoss(model, args.n_vertices, LossWeights(**{k: getattr(args, f"w_{k}") for k in LossWeights().to_dict()}))
+    crit = RegressorLoss(model, args.n_vertices, LossWeights(**{k: getattr(args, f"w_{k}") for k in LossWeights().to_dict()}),
+                         head_loss=args.head_loss, wing_width=args.wing_width, wing_eps=args.wing_eps)
 
     steps_per_epoch = len(make_sampler(0))
     total = args.epochs * steps_per_epoch
@@ -321,8 +343,9 @@ def train(args, model=None) -> dict:
         _log(log, rec)
         if args.snapshots:
             save_regressor(reg, out_dir / f"snap_{step:07d}.pt", {**m, "epoch": epoch, "step": step}, landmark_ids=lm_ids)
-        if m["nme_param"] < best:
-            best = m["nme_param"]
+        score = selection_score(m, args.select)
+        if score < best:
+            best = score
             save_regressor(reg, out_dir / "best.pt", {**m, "epoch": epoch, "step": step}, landmark_ids=lm_ids)
         print(f"[val] epoch {epoch} step {step}: nme_param {m['nme_param']:.3f} nme_head {m['nme_head']:.3f} "
               f"yaw_err {m['yaw_err']:.2f} deg (best {best:.3f})", file=sys.stderr)

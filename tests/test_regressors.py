@@ -136,6 +136,65 @@ def test_nme_known_answer():
 
 
 # -------------------------------------------------------------------------- augmentation
+def test_wing_loss_known_answers():
+    from regressors.losses import wing
+
+    x = torch.tensor([0.0, 1.0, -3.0, 10.0, 12.0], dtype=torch.float64)
+    # w ln(1 + |x|/eps) below w; |x| - C above, C = w - w ln(1 + w/eps) (w 10, eps 2)
+    C = 10 - 10 * math.log(6.0)
+    want = [0.0, 10 * math.log(1.5), 10 * math.log(2.5), 10 * math.log(6.0), 12 - C]
+    assert_close(wing(x), torch.tensor(want, dtype=torch.float64), atol=1e-12)
+    # continuous at |x| = w, slope w / (eps + |x|) below it and 1 above it (float64 gradcheck of the pieces)
+    assert abs(float(wing(torch.tensor(10.0 - 1e-9, dtype=torch.float64))) - float(wing(torch.tensor(10.0 + 1e-9, dtype=torch.float64)))) < 1e-6
+    t = torch.tensor([0.5, 4.0, 11.0], dtype=torch.float64, requires_grad=True)
+    wing(t).sum().backward()
+    assert_close(t.grad, torch.tensor([10 / 2.5, 10 / 6.0, 1.0], dtype=torch.float64), atol=1e-12)
+    assert torch.autograd.gradcheck(lambda v: wing(v, 4.0, 1.0), (torch.tensor([0.3, -2.0, 7.0], dtype=torch.float64, requires_grad=True),))
+    with pytest.raises(ValueError, match="positive"):
+        wing(x, 0.0, 2.0)
+
+
+def test_head_loss_choice_changes_only_the_head_terms():
+    from regressors.losses import RegressorLoss, wing
+
+    m = synthetic_model()
+    reg = tiny(m)
+    g = torch.Generator().manual_seed(0)
+    B = 3
+    lab = synthetic_labels(m, B, W=120, H=120, seed=3)
+    batch = {k: torch.as_tensor(np.nan_to_num(v), dtype=torch.float32) for k, v in lab.items()}
+    batch["rotmat"] = rotvec_to_rotmat(batch.pop("rotvec").double()).float()
+    batch["shape_w"] = torch.ones(B)
+    batch["expr_w"] = torch.ones(B)
+    x = torch.rand(B, 3, 120, 120, generator=g)
+    with torch.no_grad():
+        z = reg.raw(x)
+        out = reg.decode(z)
+        _, sl1 = RegressorLoss(m).terms(reg, z, out, batch)
+        _, wg = RegressorLoss(m, head_loss="wing", wing_width=4.0, wing_eps=1.0).terms(reg, z, out, batch)
+    for k in sl1:
+        if k not in ("head", "head_target"):
+            assert sl1[k] == pytest.approx(wg[k], rel=1e-6), k
+    want = float(wing(out.landmarks - batch["landmarks3d"], 4.0, 1.0).sum(-1).mean())
+    assert wg["head"] == pytest.approx(want, rel=1e-5)
+    assert wg["head"] != pytest.approx(sl1["head"], rel=1e-3)
+    with pytest.raises(ValueError, match="head_loss"):
+        RegressorLoss(m, head_loss="l2")
+    with pytest.raises(ValueError, match="positive"):
+        RegressorLoss(m, head_loss="wing", wing_eps=-1.0)
+
+
+def test_best_checkpoint_selection_score():
+    from regressors.train import selection_score
+
+    m = {"nme_param": 3.0, "nme_head": 2.0}
+    assert selection_score(m, "nme_param") == 3.0
+    assert selection_score(m, "nme_head") == 2.0
+    assert selection_score(m, "mean") == 2.5
+    with pytest.raises(ValueError, match="select"):
+        selection_score(m, "nme_target")
+
+
 def test_flip_permutation():
     p = IBUG68_FLIP
     assert np.array_equal(p[p], np.arange(68))
