@@ -5,15 +5,16 @@ smaller |yaw| than that column: on the aflw21 *training* rows of labels v5, the 
 ``(annotated - fitted) * sign(fitted)`` is +3 deg for |fitted yaw| in 10-30 deg and falls off on
 either side.
 
-What the column is (measured in session 18, training rows only). It is AFLW's own database yaw,
-not a Basel fit's: binned at 30 and 60 deg, its 19,045 rows plus the 2,000 AFLW2000-3D images binned
+What the column is (measured in session 18, training rows only). It is AFLW's own database yaw, not
+a Basel fit's: binned at 30 and 60 deg, its 19,045 rows plus the 2,000 AFLW2000-3D images binned
 "according to AFLW labels" (3DDFA's ``benchmark_aflw2000.py``: 1,306 / 462 / 232) give 11,579 /
-5,446 / 4,020, the paper's AFLW split of 21,080 faces (11,596 / 5,457 / 4,027) less about the 41
-crops left out; the fitted poses bin AFLW2000-3D as 1,312 / 383 / 305 instead. Its excess over our
-fits follows the ear points: +2.0 to +4.9 deg (median, per |yaw| bin) on faces with exactly one
-annotated ear, 0.0 to +1.2 deg below 30 deg of yaw with none, -1.0 to -3.9 deg with both. A Basel
-keypoint fit to our 3D-style labels reads |yaw| 0.2-1.3 deg *smaller* than our labels, not larger.
-So the column is not the ``Pose_Para`` convention, and labels calibrated to it (v6) were not shipped.
+5,446 / 4,020, the paper's AFLW split of 21,080 faces (11,596 / 5,457 / 4,027) less the 35 other
+crops left out (17 / 11 / 7); the fitted poses bin AFLW2000-3D as 1,312 / 383 / 305 instead. Its
+excess over our fits follows the ear points: +2.0 to +4.9 deg (median, per |yaw| bin) on faces with
+exactly one annotated ear, 0.0 to +1.2 deg below 30 deg of yaw with none, -1.0 to -3.9 deg with
+both. A Basel keypoint fit to our 3D-style labels reads |yaw| 0.2-2.2 deg *smaller* than our labels
+below 60 deg, not larger. So the column is not the ``Pose_Para`` convention, and labels calibrated
+to it (v6) were not shipped.
 
 This module learns that offset as a function of |fitted yaw| (:class:`YawCalibration`, binned
 medians on training rows only) and re-expresses every label in it (:func:`recalibrate_labels`):
