@@ -67,16 +67,15 @@ def wing(x: torch.Tensor, width: float = 10.0, eps: float = 2.0) -> torch.Tensor
     return torch.where(a < width, width * torch.log1p(a / eps), a - C)
 
 
-def _weighted_wing(pred, target, w, width: float, eps: float):
-    """Wing loss over (B, L, 2) points (summed over x and y) with per-point weights (B, L)."""
-    e = wing(pred - target, width, eps).sum(-1)
-    return (e * w).sum() / w.sum().clamp_min(1.0)
+def _weighted_points(e, w):
+    """Elementwise point losses ``e`` (B, L, 2), summed over x and y, with per-point weights (B, L);
+    mean per unit weight."""
+    return (e.sum(-1) * w).sum() / w.sum().clamp_min(1.0)
 
 
 def _weighted_sl1(pred, target, w, beta=1.0):
     """Smooth L1 over (B, L, 2) points with per-point weights (B, L); mean per unit weight."""
-    e = F.smooth_l1_loss(pred, target, reduction="none", beta=beta).sum(-1)
-    return (e * w).sum() / w.sum().clamp_min(1.0)
+    return _weighted_points(F.smooth_l1_loss(pred, target, reduction="none", beta=beta), w)
 
 
 class RegressorLoss(torch.nn.Module):
@@ -106,6 +105,12 @@ class RegressorLoss(torch.nn.Module):
         sub = torch.randperm(model.n_vertices, generator=g)[:n]
         self.register_buffer("vidx", torch.cat([model.landmarks, sub]))
 
+    def _head_elementwise(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, L, 2) elementwise loss of the landmark head terms (``head_loss``)."""
+        if self.head_loss == "wing":
+            return wing(pred - target, self.wing_width, self.wing_eps)
+        return F.smooth_l1_loss(pred, target, reduction="none", beta=1.0)
+
     def forward(self, reg: Regressor, x: torch.Tensor, batch: dict):
         z = reg.raw(x)
         out = reg.decode(z)
@@ -124,12 +129,8 @@ class RegressorLoss(torch.nn.Module):
         t["vdc"] = F.smooth_l1_loss(Vp, Vl, reduction="none").sum(-1).mean()
         t["pose"] = ((out.rotmat - batch["rotmat"]) ** 2).sum((-1, -2)).mean()
         ones = torch.ones_like(vis)
-        if self.head_loss == "wing":
-            hl = lambda p, q, ww: _weighted_wing(p, q, ww, self.wing_width, self.wing_eps)  # noqa: E731
-        else:
-            hl = _weighted_sl1
-        t["head"] = hl(out.landmarks, batch["landmarks3d"], ones)
-        t["head_target"] = hl(out.landmarks, batch["target"], vis)
+        t["head"] = _weighted_points(self._head_elementwise(out.landmarks, batch["landmarks3d"]), ones)
+        t["head_target"] = _weighted_points(self._head_elementwise(out.landmarks, batch["target"]), vis)
         zs = (batch["shape"] - reg.shape_mean) / reg.shape_std
         t["shape"] = (((z["shape"] - zs) ** 2).mean(-1) * batch["shape_w"]).sum() / batch["shape_w"].sum().clamp_min(1.0)
         t["expr"] = (((out.expr - batch["expr"]) ** 2).mean(-1) * batch["expr_w"]).sum() / batch["expr_w"].sum().clamp_min(1.0)

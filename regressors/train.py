@@ -306,7 +306,8 @@ def train(args, model=None) -> dict:
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
         epoch, epoch_step, step = int(ck["epoch"]), int(ck["epoch_step"]), int(ck["step"])
-        best = float(ck.get("best", math.inf))
+        # a checkpoint's best is a score of its own --select (older files: nme_param); another score starts afresh
+        best = float(ck.get("best", math.inf)) if ck.get("select", "nme_param") == args.select else math.inf
         torch.set_rng_state(ck["rng_torch"])
         if budget:  # a resumed budget run continues the schedule it sized
             total, budget = int(ck["total_steps"]), 0.0
@@ -325,7 +326,7 @@ def train(args, model=None) -> dict:
 
     def checkpoint():
         save_regressor(reg, ckpt_path, last_metrics, landmark_ids=lm_ids, optimizer=opt.state_dict(), epoch=epoch, epoch_step=epoch_step,
-                       step=step, best=best, rng_torch=torch.get_rng_state(), total_steps=total)
+                       step=step, best=best, select=args.select, rng_torch=torch.get_rng_state(), total_steps=total)
 
     last_val_step = -1
 

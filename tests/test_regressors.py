@@ -135,7 +135,6 @@ def test_nme_known_answer():
     assert_close(nme(gt + torch.tensor([1.0, 0.0]), gt), torch.tensor([100.0 / 20.0]), atol=1e-5)
 
 
-# -------------------------------------------------------------------------- augmentation
 def test_wing_loss_known_answers():
     from regressors.losses import wing
 
@@ -195,6 +194,7 @@ def test_best_checkpoint_selection_score():
         selection_score(m, "nme_target")
 
 
+# -------------------------------------------------------------------------- augmentation
 def test_flip_permutation():
     p = IBUG68_FLIP
     assert np.array_equal(p[p], np.arange(68))
@@ -444,6 +444,7 @@ def test_training_smoke_and_resume(tmp_path):
         torch.set_num_threads(threads)
     ck = torch.load(out / "last.pt", weights_only=True)
     assert ck["step"] == 5 and ck["epoch"] == 2 and ck["epoch_step"] == 1
+    assert ck["select"] == "nme_param"  # the score ``best`` holds, so a resume with another --select starts afresh
     recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["type"] for r in recs].count("resume") == 1
     assert all(math.isfinite(r["nme_param"]) for r in recs if r["type"] == "val")
