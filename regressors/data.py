@@ -22,6 +22,7 @@ key             shape/dtype  meaning
 ``contour``     (N,) str     optional: ``'2d'`` where ``target``'s jaw is a 300-W silhouette
                              (ytf68, 300-W), else ``'3d'``; on ``'2d'`` rows the dataset gives
                              the sliding jaw (:data:`CONTOUR_POINTS`) no ``visible`` weight
+                             (:data:`DEFAULT_DROP_TARGETS`, :func:`parse_drop_targets`)
 =============== ============ =================================================================
 
 Image pixels are 0-based with pixel centres on integers (:mod:`morphable.crop`).
@@ -67,6 +68,8 @@ __all__ = [
     "LABEL_KEYS",
     "OPTIONAL_LABEL_KEYS",
     "CONTOUR_POINTS",
+    "DEFAULT_DROP_TARGETS",
+    "parse_drop_targets",
     "expression_flip_permutation",
     "save_labels",
     "load_labels",
@@ -100,6 +103,43 @@ OPTIONAL_LABEL_KEYS = {"contour": ((), "U")}
 #: The jaw points that slide on the silhouette in the 2D-contour definition: the solver's
 #: ``contour="2d"`` points, iBUG 0-7 and 9-16 (the chin, 8, is a fixed vertex in both definitions).
 CONTOUR_POINTS = JAW_RIGHT + JAW_LEFT
+#: Which annotated points get no weight in the annotation terms, by row selector: a set name
+#: (``ytf68``, ``aflw21``, ``300w``) or ``contour=2d`` / ``contour=3d``. The default drops the silhouette jaw
+#: of ``"2d"`` rows, which is not the 3D-style jaw the losses compare it with.
+DEFAULT_DROP_TARGETS = {"contour=2d": tuple(CONTOUR_POINTS)}
+
+
+def parse_drop_targets(specs: Sequence[str], base: Optional[dict] = None) -> dict:
+    """Row selector -> iBUG ids whose annotation gets no weight, from ``SEL:POINTS`` strings.
+
+    ``SEL`` is a set name or ``contour=2d`` / ``contour=3d``; ``POINTS`` is ``all`` or a comma list of
+    0-based iBUG ids and ranges (``8``, ``31,35``, ``0-16``). The result is ``base`` (default
+    :data:`DEFAULT_DROP_TARGETS`) with these points added. The drop is applied before a mirror flip,
+    so ids name points of the unflipped photo. Raises ValueError naming a malformed spec.
+    """
+    out = {k: tuple(v) for k, v in (DEFAULT_DROP_TARGETS if base is None else base).items()}
+    for spec in specs:
+        sel, sep, pts = str(spec).partition(":")
+        sel, pts = sel.strip(), pts.strip()
+        if not sep or not sel or not pts or (sel.startswith("contour=") and sel not in ("contour=2d", "contour=3d")):
+            raise ValueError(f"drop target {spec!r}: expected SEL:POINTS, SEL a set name or contour=2d/3d, "
+                             f"POINTS 'all' or ids like 8 or 31,35 or 0-16")
+        ids = set(out.get(sel, ()))
+        try:
+            if pts == "all":
+                ids.update(range(68))
+            else:
+                for part in pts.split(","):
+                    a, dash, b = part.strip().partition("-")
+                    lo, hi = int(a), int(b) if dash else int(a)
+                    if not 0 <= lo <= hi < 68:
+                        raise ValueError
+                    ids.update(range(lo, hi + 1))
+        except ValueError:
+            raise ValueError(f"drop target {spec!r}: points must be 'all' or 0-based iBUG ids 0-67 "
+                             f"(comma list, ranges a-b)") from None
+        out[sel] = tuple(sorted(ids))
+    return out
 
 
 def expression_flip_permutation(names: Sequence[str]) -> Optional[np.ndarray]:
@@ -350,6 +390,8 @@ class FaceLabelDataset(Dataset):
         p_flip, p_rotate, max_rotate_deg, scale_range, shift, p_occlude, p_blur, p_gray: augmentation knobs.
         photometric: colour/blur/occlusion on (geometry-only augmentation when False).
         images: optional in-memory images ``{name: (H, W, 3) uint8 RGB}`` (tests, caching).
+        drop_targets: row selector -> iBUG ids whose annotation gets no ``visible`` weight
+            (:func:`parse_drop_targets`; default :data:`DEFAULT_DROP_TARGETS`).
 
     Items are dicts of tensors: ``image`` (3, S, S) float normalised; ``shape`` (Ks,), ``expr`` (Ke,),
     ``rotmat`` (3, 3), ``rotvec`` (3,), ``scale`` (), ``translation`` (2,), ``landmarks3d`` (68, 2),
@@ -362,8 +404,10 @@ class FaceLabelDataset(Dataset):
     def __init__(self, labels: dict, data_root=None, expression_names: Sequence[str] = (), size: int = CROP_SIZE,
                  augment: bool = False, seed: int = 0, p_flip: float = 0.5, p_rotate: float = 0.5,
                  max_rotate_deg: float = 15.0, scale_range=(0.9, 1.1), shift: float = 0.05, p_occlude: float = 0.3,
-                 p_blur: float = 0.2, p_gray: float = 0.1, photometric: bool = True, images: Optional[dict] = None):
+                 p_blur: float = 0.2, p_gray: float = 0.1, photometric: bool = True, images: Optional[dict] = None,
+                 drop_targets: Optional[dict] = None):
         self.labels = labels
+        self.drop_mask = self._drop_mask(DEFAULT_DROP_TARGETS if drop_targets is None else drop_targets)
         self.root = Path(data_root) if data_root is not None else default_data_root()
         self.size = size
         self.augment = augment
@@ -379,6 +423,17 @@ class FaceLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels["name"])
 
+    def _drop_mask(self, drop_targets: dict) -> np.ndarray:
+        """(N, 68) bool: the annotated points the rule ``drop_targets`` gives no weight."""
+        N = len(self.labels["name"])
+        mask = np.zeros((N, 68), bool)
+        sets = np.asarray(self.labels["set"]).astype(str) if "set" in self.labels else np.full(N, "")
+        contour = np.asarray(self.labels["contour"]).astype(str) if "contour" in self.labels else np.full(N, "3d")
+        for sel, ids in drop_targets.items():
+            rows = contour == sel.split("=", 1)[1] if sel.startswith("contour=") else sets == sel
+            mask[np.ix_(rows, list(ids))] = True
+        return mask
+
     def set_epoch(self, epoch: int):
         self.epoch = int(epoch)
 
@@ -392,7 +447,7 @@ class FaceLabelDataset(Dataset):
         L = self.labels
         lab = {k: np.asarray(L[k][i], dtype=np.float64) for k in
                ("shape", "expr", "rotvec", "scale", "translation", "landmarks3d", "target", "visible")}
-        bad = ~np.isfinite(lab["target"]).all(1)
+        bad = ~np.isfinite(lab["target"]).all(1) | self.drop_mask[i]  # before any flip: ids of this photo
         lab["visible"] = np.where(bad, 0.0, lab["visible"])
         return lab
 
@@ -469,8 +524,6 @@ class FaceLabelDataset(Dataset):
         f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
         R = rotvec_to_rotmat(torch.as_tensor(lab["rotvec"], dtype=torch.float64))
         vis = np.where(np.isfinite(lab["target"]).all(1), lab["visible"], 0.0)
-        if "contour" in self.labels and str(self.labels["contour"][i]) == "2d":
-            vis[list(CONTOUR_POINTS)] = 0.0  # a silhouette jaw is not the 3D-style jaw the losses compare it with
         st = str(self.labels["set"][i])
         return {
             "image": (torch.from_numpy(crop).permute(2, 0, 1).float() - PIXEL_MEAN) / PIXEL_SCALE,

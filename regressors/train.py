@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .data import FaceLabelDataset, crop_labels, load_labels, model_for_labels, select_labels, to_frame
+from .data import FaceLabelDataset, crop_labels, load_labels, model_for_labels, parse_drop_targets, select_labels, to_frame
 from .mixing import add_mixing_arguments, plan_mixing
 from .losses import HEAD_LOSSES, LossWeights, RegressorLoss, batch_metrics
 from .networks import ARCHS, Regressor, RegressorConfig, label_stats
@@ -144,6 +144,10 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
                    help="loss of the landmark head terms: smooth L1 (beta 1 px) or Wing (regressors.losses.wing)")
     p.add_argument("--wing-width", type=float, default=10.0, help="Wing loss: width w, px of the crop (--head-loss wing)")
     p.add_argument("--wing-eps", type=float, default=2.0, help="Wing loss: curvature epsilon, px (--head-loss wing)")
+    p.add_argument("--drop-target", action="append", default=[], metavar="SEL:POINTS",
+                   help="also give these annotated points no weight in the annotation terms (head_target, lm); "
+                        "SEL a set name (ytf68, aflw21, 300w) or contour=2d, POINTS 'all' or iBUG ids like 8 or "
+                        "31,35 or 0-16; repeatable; the silhouette jaw of contour=2d rows is always dropped")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     add_mixing_arguments(p)
     return p
@@ -239,7 +243,11 @@ def train(args, model=None) -> dict:
         return EpochBatches(len(tr_idx), args.batch, args.seed, epoch, start=start)
 
     names = model.info.expression_names
-    kw = dict(data_root=args.data_root, expression_names=names)
+    try:
+        drop = parse_drop_targets(args.drop_target)
+    except ValueError as e:
+        raise SystemExit(f"--drop-target: {e}") from None
+    kw = dict(data_root=args.data_root, expression_names=names, drop_targets=drop)
     ds_tr = FaceLabelDataset(tr, augment=not args.no_augment, seed=args.seed, **kw)
     ds_va = FaceLabelDataset(va, augment=False, **kw)
 

@@ -11,7 +11,7 @@ import torch
 from morphable.errors import WeightsError
 from morphable.geometry import angles_to_rotmat, project, rotmat_to_angles, rotvec_to_rotmat
 from morphable.model import ModelInfo, MorphableModel
-from regressors.data import (CONTOUR_POINTS, IBUG68_FLIP, FaceLabelDataset, expression_flip_permutation, flip_labels,
+from regressors.data import (CONTOUR_POINTS, DEFAULT_DROP_TARGETS, parse_drop_targets, IBUG68_FLIP, FaceLabelDataset, expression_flip_permutation, flip_labels,
                              load_labels, rotate_labels, save_labels, select_labels)
 from regressors.losses import nme
 from regressors.networks import Regressor, RegressorConfig, rotmat_to_sixd, sixd_to_rotmat
@@ -321,16 +321,20 @@ def test_label_file_round_trip(tmp_path):
         save_labels(tmp_path / "bad.npz", **bad, **extra)
 
 
+def _three_row_label_file(tmp_path, seed: int, **contour):
+    """Synthetic labels of a 300w, an aflw21 and a ytf68 row saved and loaded: (labels dict, lab, extra)."""
+    lab = synthetic_labels(synthetic_model(), 3, seed=seed)
+    extra = dict(name=["a.png", "b.png", "c.png"], set=["300w", "aflw21", "ytf68"], rmse=np.ones(3), ok=np.ones(3, bool),
+                 split=["train"] * 3)
+    save_labels(tmp_path / "l.npz", **lab, **extra, model="synthetic", **contour)
+    return load_labels(tmp_path / "l.npz"), lab, extra
+
+
 def test_label_contour_round_trips_and_masks_the_silhouette_jaw(tmp_path):
     """``contour`` survives save/load; on "2d" rows the dataset gives the sliding jaw points (iBUG
     0-7, 9-16) no annotation weight, the chin and interior keep theirs; "3d" rows and files
     without the key are untouched; a wrong value or shape is refused."""
-    m = synthetic_model()
-    lab = synthetic_labels(m, 3, seed=2)
-    extra = dict(name=["a.png", "b.png", "c.png"], set=["300w", "aflw21", "ytf68"], rmse=np.ones(3), ok=np.ones(3, bool),
-                 split=["train"] * 3)
-    save_labels(tmp_path / "l.npz", **lab, **extra, model="synthetic", contour=["2d", "3d", "2d"])
-    d = load_labels(tmp_path / "l.npz")
+    d, lab, extra = _three_row_label_file(tmp_path, 2, contour=["2d", "3d", "2d"])
     assert list(d["contour"]) == ["2d", "3d", "2d"]
     assert list(select_labels(d, np.array([2, 1]))["contour"]) == ["2d", "3d"]
     save_labels(tmp_path / "old.npz", **lab, **extra, model="synthetic")
@@ -357,6 +361,32 @@ def test_label_contour_round_trips_and_masks_the_silhouette_jaw(tmp_path):
         save_labels(tmp_path / "bad.npz", **lab, **extra, contour=["2d", "silhouette", "3d"])
     with pytest.raises(ValueError, match="contour"):
         save_labels(tmp_path / "bad2.npz", **lab, **extra, contour=["2d", "3d"])
+
+
+def test_drop_targets_by_set_and_contour(tmp_path):
+    """``parse_drop_targets`` adds SEL:POINTS to the default rule; the dataset zeroes exactly those
+    annotation weights on the selected rows, names the photo's own points under a mirror flip, and a
+    malformed spec is refused with the format in the message."""
+    assert parse_drop_targets([]) == DEFAULT_DROP_TARGETS
+    rule = parse_drop_targets(["aflw21:31,35", "contour=2d:8", "300w:50-52"])
+    assert rule["contour=2d"] == tuple(range(17)) and rule["aflw21"] == (31, 35) and rule["300w"] == (50, 51, 52)
+    assert parse_drop_targets(["ytf68:all"], base={})["ytf68"] == tuple(range(68))
+    for bad in ("aflw21", "aflw21:", ":8", "aflw21:68", "aflw21:5-2", "aflw21:x", "contour=4d:1"):
+        with pytest.raises(ValueError, match="drop target"):
+            parse_drop_targets([bad])
+    d, _, extra = _three_row_label_file(tmp_path, 3, contour=["2d", "3d", "2d"])
+    images = {n: np.zeros((120, 130, 3), np.uint8) for n in extra["name"]}
+    ds = FaceLabelDataset(d, expression_names=EXPR_NAMES, augment=False, images=images, drop_targets=rule)
+    for i, dropped in enumerate((list(range(17)) + [50, 51, 52], [31, 35], list(range(17)))):
+        want = np.asarray(d["visible"][i], np.float32).copy()
+        assert (want[dropped] > 0).all()
+        want[dropped] = 0.0
+        np.testing.assert_array_equal(ds[i]["visible"].numpy(), want)
+    # an asymmetric drop follows the photo's point through a mirror flip (to its mirror index)
+    one = FaceLabelDataset(d, expression_names=EXPR_NAMES, augment=True, images=images, p_flip=1.0,
+                           drop_targets={"aflw21": (31,)}, photometric=False)
+    vis = one[1]["visible"].numpy()
+    assert vis[IBUG68_FLIP[31]] == 0.0 and vis[31] > 0 and (vis > 0).sum() == (np.asarray(d["visible"][1]) > 0).sum() - 1
 
 
 # ------------------------------------------------------------------------- weights/ONNX
