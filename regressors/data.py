@@ -109,13 +109,15 @@ CONTOUR_POINTS = JAW_RIGHT + JAW_LEFT
 DEFAULT_DROP_TARGETS = {"contour=2d": tuple(CONTOUR_POINTS)}
 
 
-def parse_drop_targets(specs: Sequence[str], base: Optional[dict] = None) -> dict:
+def parse_drop_targets(specs: Sequence[str], base: Optional[dict] = None, sets: Optional[Sequence[str]] = None) -> dict:
     """Row selector -> iBUG ids whose annotation gets no weight, from ``SEL:POINTS`` strings.
 
     ``SEL`` is a set name or ``contour=2d`` / ``contour=3d``; ``POINTS`` is ``all`` or a comma list of
     0-based iBUG ids and ranges (``8``, ``31,35``, ``0-16``). The result is ``base`` (default
     :data:`DEFAULT_DROP_TARGETS`) with these points added. The drop is applied before a mirror flip,
-    so ids name points of the unflipped photo. Raises ValueError naming a malformed spec.
+    so ids name points of the unflipped photo. ``sets``: the set names the labels hold; a set
+    selector outside them (a typo would otherwise drop nothing) is refused. Raises ValueError naming
+    a malformed spec.
     """
     out = {k: tuple(v) for k, v in (DEFAULT_DROP_TARGETS if base is None else base).items()}
     for spec in specs:
@@ -124,6 +126,8 @@ def parse_drop_targets(specs: Sequence[str], base: Optional[dict] = None) -> dic
         if not sep or not sel or not pts or (sel.startswith("contour=") and sel not in ("contour=2d", "contour=3d")):
             raise ValueError(f"drop target {spec!r}: expected SEL:POINTS, SEL a set name or contour=2d/3d, "
                              f"POINTS 'all' or ids like 8 or 31,35 or 0-16")
+        if sets is not None and not sel.startswith("contour=") and sel not in set(sets):
+            raise ValueError(f"drop target {spec!r}: no rows of set {sel!r}; the rows hold {sorted(str(x) for x in set(sets))}")
         ids = set(out.get(sel, ()))
         try:
             if pts == "all":
@@ -427,7 +431,7 @@ class FaceLabelDataset(Dataset):
         """(N, 68) bool: the annotated points the rule ``drop_targets`` gives no weight."""
         N = len(self.labels["name"])
         mask = np.zeros((N, 68), bool)
-        sets = np.asarray(self.labels["set"]).astype(str) if "set" in self.labels else np.full(N, "")
+        sets = np.asarray(self.labels["set"]).astype(str)
         contour = np.asarray(self.labels["contour"]).astype(str) if "contour" in self.labels else np.full(N, "3d")
         for sel, ids in drop_targets.items():
             rows = contour == sel.split("=", 1)[1] if sel.startswith("contour=") else sets == sel

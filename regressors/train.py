@@ -244,7 +244,7 @@ def train(args, model=None) -> dict:
 
     names = model.info.expression_names
     try:
-        drop = parse_drop_targets(args.drop_target)
+        drop = parse_drop_targets(args.drop_target, sets=np.unique(np.asarray(tr["set"]).astype(str)))
     except ValueError as e:
         raise SystemExit(f"--drop-target: {e}") from None
     kw = dict(data_root=args.data_root, expression_names=names, drop_targets=drop)

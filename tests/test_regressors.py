@@ -374,6 +374,9 @@ def test_drop_targets_by_set_and_contour(tmp_path):
     for bad in ("aflw21", "aflw21:", ":8", "aflw21:68", "aflw21:5-2", "aflw21:x", "contour=4d:1"):
         with pytest.raises(ValueError, match="drop target"):
             parse_drop_targets([bad])
+    with pytest.raises(ValueError, match="no rows of set 'aflw'"):
+        parse_drop_targets(["aflw:31"], sets=["300w", "aflw21", "ytf68"])
+    assert parse_drop_targets(["aflw21:31", "contour=2d:8"], sets=["aflw21"])["aflw21"] == (31,)
     d, _, extra = _three_row_label_file(tmp_path, 3, contour=["2d", "3d", "2d"])
     images = {n: np.zeros((120, 130, 3), np.uint8) for n in extra["name"]}
     ds = FaceLabelDataset(d, expression_names=EXPR_NAMES, augment=False, images=images, drop_targets=rule)
