@@ -29,7 +29,11 @@ the file records those vertex ids (``landmark_ids``, :mod:`morphable.landmark_de
 ground truth fits the Basel keypoints themselves to the annotations, so its 3D-style chin sits on the
 annotated chin, whereas the refined chin vertex lies 3.4 mm higher on the mean face and left the
 stored chin 2.5 % (aflw21) to 5.1 % (300-W) of face size below the annotated one (labels v3,
-near-frontal faces); with it 0.1 % (aflw21) to 3.1 % (300-W). ``ok`` marks fits whose weighted
+near-frontal faces); with it 0.1 % (aflw21) to 3.1 % (300-W). The 300-W gap is the fit, not the
+vertex: in a 2D-contour fit the chin is the one jaw point that does not slide, and the Huber loss lets
+the sliding jaw beside it outvote it. ``--chin-weight F`` weights the annotated chin by F there (and in
+aflw21's corrected refit, whose moved jaw would otherwise lift it); labels v8 use F = 10, which leaves
+the near-frontal 3D-style chin 0.3 % (300-W, ytf68) of face size from the annotated one. ``ok`` marks fits whose weighted
 RMSE is below ``--max-nme`` percent of the face size; the rest are kept but flagged. Each row's
 ``contour`` records how its annotation's jaw was fitted (``"2d"``: ytf68 and 300-W, whose jaw is the
 silhouette), so that training does not pull the 3D-style jaw toward it (:mod:`regressors.data`).
@@ -55,7 +59,7 @@ import torch
 
 from fitting.solver import FitOptions, fit_landmarks
 from morphable.formats.pts import read_pts
-from morphable.geometry import project, rotvec_to_rotmat
+from morphable.geometry import project, rotmat_to_angles, rotvec_to_rotmat
 from morphable.registry import load_model
 
 from .label_correction import LabelCorrection
@@ -151,6 +155,33 @@ def fit_set(model, points, weights, contour: str, batch: int, opt_kw: dict, labe
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+#: |yaw| (degrees) beyond which an annotated chin lies on the silhouette (aflw21 halves its weight there)
+CHIN_SILHOUETTE_YAW = 45.0
+
+
+def fit_chin_weighted(model, points, weights, factor: float, batch: int, opt_kw: dict, label_model=None):
+    """:func:`fit_set` with the 2D-contour definition and the annotated chin (point 8) weighted by
+    ``factor``: the chin is the one jaw point whose vertex does not slide, and with the Huber loss of
+    the fit the sliding jaw beside it outvotes it. At weight 1 the stored 3D-style chin of the 300-W
+    training faces sits 3.5 % of face size below the annotated chin (near-frontal faces), while
+    aflw21's, fitted without a sliding jaw, sits on it (0.25 %); weight 10 brings it to 0.4 %.
+    Faces whose fitted |yaw| exceeds :data:`CHIN_SILHOUETTE_YAW` are refitted with weight 1, since
+    there the annotated chin is on the silhouette rather than at the 3D chin vertex."""
+    if factor == 1.0:
+        return fit_set(model, points, weights, "2d", batch, opt_kw, label_model)
+    w = np.array(weights, dtype=np.float64, copy=True)
+    w[:, 8] *= factor
+    r = fit_set(model, points, w, "2d", batch, opt_kw, label_model)
+    R = rotvec_to_rotmat(torch.as_tensor(r["rotvec"], dtype=torch.float64))
+    yaw = np.degrees(rotmat_to_angles(R)[:, 1].numpy())
+    side = np.flatnonzero(np.abs(yaw) > CHIN_SILHOUETTE_YAW)
+    if side.size:
+        again = fit_set(model, points[side], weights[side], "2d", batch, opt_kw, label_model)
+        for k in r:
+            r[k][side] = again[k]
+    return r
+
+
 #: iBUG-68 points that AFLW's 21 points annotate (the others are placed by the fit's prior)
 AFLW21_ANNOTATED = tuple(sorted(i for i, _ in AFLW21_TO_68.values()))
 
@@ -170,30 +201,37 @@ def model_keypoints(label_model, fits: dict) -> np.ndarray:
 
 
 def learn_aflw21_correction(model, label_model, shared: Path, batch: int, kw: dict, kw21: dict, lam: float,
-                            limit: int = 0) -> LabelCorrection:
+                            limit: int = 0, chin_weight: float = 1.0) -> LabelCorrection:
     """:class:`~regressors.label_correction.LabelCorrection` learned on the 300-W *training* faces:
-    each fitted to all 68 annotations (2D contour, ``kw``: as the 300-W labels) and to the AFLW-like
-    subset only (3D contour, ``kw21``: as the aflw21 labels)."""
+    each fitted to all 68 annotations (2D contour, ``kw``, chin weight ``chin_weight``: as the 300-W
+    labels) and to the AFLW-like subset only (3D contour, ``kw21``: as the aflw21 labels)."""
     names, pts, w, splits, _ = read_300w(shared)
     tr = np.flatnonzero(np.array(splits) == "train")
     if limit:
         tr = tr[:limit]
     print(f"aflw21 correction: fitting {len(tr)} 300-W training faces to all 68 and to the AFLW-21 points", flush=True)
-    full = fit_set(model, pts[tr], w[tr], "2d", batch, kw, label_model)
+    full = fit_chin_weighted(model, pts[tr], w[tr], chin_weight, batch, kw, label_model)
     sub = fit_set(model, pts[tr], aflw21_weights(w[tr]), "3d", batch, kw21, label_model)
     ok = full["valid"] & sub["valid"]
     return LabelCorrection.learn(model_keypoints(label_model, sub)[ok], model_keypoints(label_model, full)[ok], lam)
 
 
-def correct_fits(label_model, fits: dict, corr: LabelCorrection, batch: int, kw21: dict) -> dict:
+def correct_fits(label_model, fits: dict, corr: LabelCorrection, batch: int, kw21: dict,
+                 chin_weight=None) -> dict:
     """The aflw21 fits with their unannotated 3D-style points moved by ``corr`` and the face refitted
-    to all 68 moved points (3D contour, ``kw21``), so the stored labels stay a face of the model."""
+    to all 68 moved points (3D contour, ``kw21``), so the stored labels stay a face of the model.
+
+    ``chin_weight``: optional (N,) weight of the chin (point 8) in that refit, the others 1. The moved
+    jaw beside an annotated chin otherwise lifts it off the first fit's chin (by 0.8 % of face size
+    with the correction learned from chin-weighted 300-W fits)."""
     X = corr.apply(model_keypoints(label_model, fits), AFLW21_ANNOTATED)
     R = rotvec_to_rotmat(torch.as_tensor(fits["rotvec"], dtype=torch.float64))
     moved = project(torch.as_tensor(X), R, torch.as_tensor(fits["scale"], dtype=torch.float64),
                     torch.as_tensor(fits["translation"], dtype=torch.float64)).numpy()
     moved[~fits["valid"]] = np.nan  # invalid first fits stay invalid
     ones = np.isfinite(moved).all(-1).astype(np.float64)
+    if chin_weight is not None:
+        ones[:, 8] *= np.asarray(chin_weight, dtype=np.float64)
     return fit_set(label_model, np.nan_to_num(moved), ones, "3d", batch, kw21, label_model)
 
 
@@ -228,6 +266,11 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-from-label", default="8", metavar="POINTS",
                     help="comma-separated iBUG points (0-based) fitted with the --label-landmarks vertex instead "
                          "of the --fit-landmarks one (default 8: the chin; '' = none)")
+    ap.add_argument("--chin-weight", type=float, default=1.0, metavar="F",
+                    help="weight of the annotated chin (point 8) against the jaw beside it: in the 2D-contour fits "
+                         f"(ytf68, 300-W) below {CHIN_SILHOUETTE_YAW:g} deg of fitted yaw (beyond it the chin is a "
+                         "silhouette point and keeps 1), and in aflw21's corrected refit where the chin is annotated "
+                         "below 45 deg of annotated yaw")
     ap.add_argument("--unannotated-mouth-prior", type=float, default=20.0,
                     help="factor on the expression prior of the lip-opening blendshapes for aflw21 (lips not annotated)")
     ap.add_argument("--aflw21-correction", type=float, default=1e4, metavar="LAM",
@@ -263,11 +306,17 @@ def main(argv=None) -> int:
         kw = dict(opt_kw)
         if name == "aflw21" and model.info.expr_kind == "blendshape":
             kw["expr_prior"] = mouth_opening_prior(model.info.expression_names, a.expr_prior, a.unannotated_mouth_prior)
-        r = fit_set(model, pts, w, contour, a.batch, kw, label_model)
+        if contour == "2d":
+            r = fit_chin_weighted(model, pts, w, a.chin_weight, a.batch, kw, label_model)
+        else:
+            r = fit_set(model, pts, w, contour, a.batch, kw, label_model)
         if name == "aflw21" and a.aflw21_correction > 0:
-            corr = learn_aflw21_correction(model, label_model, shared, a.batch, opt_kw, kw, a.aflw21_correction, a.limit)
+            corr = learn_aflw21_correction(model, label_model, shared, a.batch, opt_kw, kw, a.aflw21_correction, a.limit,
+                                          a.chin_weight)
             first = r
-            r = correct_fits(label_model, first, corr, a.batch, kw)
+            # the annotated chin holds in the refit as in the first fit (not where it is a silhouette point)
+            held = np.where(w[:, 8] == 1.0, a.chin_weight, 1.0)
+            r = correct_fits(label_model, first, corr, a.batch, kw, held)
             r["valid"] &= first["valid"]
             r["rmse"] = first["rmse"]  # the fit to the annotations, for the ok flag
             corr_arrays = corr.to_arrays()
@@ -292,6 +341,7 @@ def main(argv=None) -> int:
     merged["landmark_definition"] = np.array(label_model.info.landmark_definition)
     merged["fit_landmark_ids"] = model.landmarks.cpu().numpy().astype(np.int64)  # the definition fitted
     merged["frame_rotation"] = np.asarray(model.info.frame_rotation, dtype=np.float64)  # the frame rotvec is in
+    merged["chin_weight"] = np.float64(a.chin_weight)  # the annotated chin's weight (--chin-weight)
     merged.update(corr_arrays)  # the aflw21 correction, when one was applied
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -124,3 +124,9 @@ def test_correction_brings_21_point_labels_to_the_68_point_ones():
     print(f"21-point labels vs 68-point labels: {before:.3f} -> {after:.3f} %")
     assert after < before - 0.15, (before, after)
     assert err(fixed["landmarks3d"], slice(0, 17)) < err(sub["landmarks3d"], slice(0, 17)), "jaw"
+    # a chin weight in the refit holds the annotated chin where the first fit put it
+    held = correct_fits(label, sub, corr, 512, kw21, chin_weight=np.full(len(va), 10.0))
+    moved = {k: float(np.linalg.norm(r["landmarks3d"][:, 8] - sub["landmarks3d"][:, 8], axis=-1).mean())
+             for k, r in (("plain", fixed), ("held", held))}
+    print(f"refit chin moved from the first fit's: {moved} px")
+    assert moved["held"] < 0.5 * moved["plain"], moved
