@@ -32,8 +32,9 @@ stored chin 2.5 % (aflw21) to 5.1 % (300-W) of face size below the annotated one
 near-frontal faces); with it 0.1 % (aflw21) to 3.1 % (300-W). The 300-W gap is the fit, not the
 vertex: in a 2D-contour fit the chin is the one jaw point that does not slide, and the Huber loss lets
 the sliding jaw beside it outvote it. ``--chin-weight F`` weights the annotated chin by F there (and in
-aflw21's corrected refit, whose moved jaw would otherwise lift it); labels v8 use F = 10, which leaves
-the near-frontal 3D-style chin 0.3 % (300-W, ytf68) of face size from the annotated one. ``ok`` marks fits whose weighted
+aflw21's corrected refit, whose moved jaw would otherwise lift it). Labels v8 use F = 10, which leaves
+the near-frontal 3D-style chin 0.3 % (300-W, ytf68) of face size from the annotated one; the network
+trained on them scored worse (model card, session 20), so the default stays 1 (labels v7, shipped). ``ok`` marks fits whose weighted
 RMSE is below ``--max-nme`` percent of the face size; the rest are kept but flagged. Each row's
 ``contour`` records how its annotation's jaw was fitted (``"2d"``: ytf68 and 300-W, whose jaw is the
 silhouette), so that training does not pull the 3D-style jaw toward it (:mod:`regressors.data`).
