@@ -34,10 +34,11 @@ vertex: in a 2D-contour fit the chin is the one jaw point that does not slide, a
 the sliding jaw beside it outvote it. ``--chin-weight F`` weights the annotated chin by F there (and in
 aflw21's corrected refit, whose moved jaw would otherwise lift it). Labels v8 use F = 10, which leaves
 the near-frontal 3D-style chin 0.3 % (300-W, ytf68) of face size from the annotated one; the network
-trained on them scored worse (model card, session 20), so the default stays 1 (labels v7, shipped). ``ok`` marks fits whose weighted
-RMSE is below ``--max-nme`` percent of the face size; the rest are kept but flagged. Each row's
-``contour`` records how its annotation's jaw was fitted (``"2d"``: ytf68 and 300-W, whose jaw is the
-silhouette), so that training does not pull the 3D-style jaw toward it (:mod:`regressors.data`).
+trained on them scored worse (model card, session 20), so the default stays 1 (labels v7, shipped).
+``ok`` marks fits whose weighted RMSE is below ``--max-nme`` percent of the face size; the rest are kept
+but flagged. Each row's ``contour`` records how its annotation's jaw was fitted (``"2d"``: ytf68 and
+300-W, whose jaw is the silhouette), so that training does not pull the 3D-style jaw toward it
+(:mod:`regressors.data`).
 
 aflw21's 52 unannotated points (jaw, eyelids, lips, nose bridge) are placed by the model's prior,
 which is biased: on 300-W faces fitted to the AFLW-like subset, the 3D-style jaw comes out wider and
@@ -60,10 +61,11 @@ import torch
 
 from fitting.solver import FitOptions, fit_landmarks
 from morphable.formats.pts import read_pts
-from morphable.geometry import project, rotmat_to_angles, rotvec_to_rotmat
+from morphable.geometry import project, rotvec_to_rotmat
 from morphable.registry import load_model
 
 from .label_correction import LabelCorrection
+from .mixing import label_yaw
 
 #: AFLW 21-point index -> (iBUG-68 index, weight); NOTES §2. Eye/mouth centres and ears omitted.
 AFLW21_TO_68 = {0: (17, 1.0), 1: (19, 1.0), 2: (21, 1.0), 3: (22, 1.0), 4: (24, 1.0), 5: (26, 1.0),
@@ -114,6 +116,10 @@ def read_300w(shared: Path):
     return names, p, np.ones(p.shape[:2]), splits, np.full(len(names), np.nan)
 
 
+#: |yaw| (degrees) beyond which an annotated chin lies on the silhouette (aflw21 halves its weight there)
+CHIN_SILHOUETTE_YAW = 45.0
+
+
 def read_aflw21(shared: Path):
     """(names, points (N, 68, 2) NaN where absent, weights (N, 68), splits, yaw) of aflw21."""
     rows = np.genfromtxt(shared / "data/aflw21/aflw21.csv", delimiter=",", skip_header=1, dtype=str)
@@ -126,7 +132,7 @@ def read_aflw21(shared: Path):
         vis = vals[:, a, 2] > 0
         pts[vis, i] = vals[vis, a, :2]
         w[vis, i] = wt
-    chin_side = np.abs(yaw) > 45
+    chin_side = np.abs(yaw) > CHIN_SILHOUETTE_YAW
     w[chin_side, 8] *= 0.5
     names = [f"aflw21/images/{n}" for n in rows[:, 0]]
     splits = ["val" if int(hashlib.md5(n.encode()).hexdigest()[:4], 16) % 20 == 0 else "train" for n in rows[:, 0]]
@@ -156,10 +162,6 @@ def fit_set(model, points, weights, contour: str, batch: int, opt_kw: dict, labe
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-#: |yaw| (degrees) beyond which an annotated chin lies on the silhouette (aflw21 halves its weight there)
-CHIN_SILHOUETTE_YAW = 45.0
-
-
 def fit_chin_weighted(model, points, weights, factor: float, batch: int, opt_kw: dict, label_model=None):
     """:func:`fit_set` with the 2D-contour definition and the annotated chin (point 8) weighted by
     ``factor``: the chin is the one jaw point whose vertex does not slide, and with the Huber loss of
@@ -173,9 +175,7 @@ def fit_chin_weighted(model, points, weights, factor: float, batch: int, opt_kw:
     w = np.array(weights, dtype=np.float64, copy=True)
     w[:, 8] *= factor
     r = fit_set(model, points, w, "2d", batch, opt_kw, label_model)
-    R = rotvec_to_rotmat(torch.as_tensor(r["rotvec"], dtype=torch.float64))
-    yaw = np.degrees(rotmat_to_angles(R)[:, 1].numpy())
-    side = np.flatnonzero(np.abs(yaw) > CHIN_SILHOUETTE_YAW)
+    side = np.flatnonzero(np.abs(label_yaw(r)) > CHIN_SILHOUETTE_YAW)
     if side.size:
         again = fit_set(model, points[side], weights[side], "2d", batch, opt_kw, label_model)
         for k in r:
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
                     help="weight of the annotated chin (point 8) against the jaw beside it: in the 2D-contour fits "
                          f"(ytf68, 300-W) below {CHIN_SILHOUETTE_YAW:g} deg of fitted yaw (beyond it the chin is a "
                          "silhouette point and keeps 1), and in aflw21's corrected refit where the chin is annotated "
-                         "below 45 deg of annotated yaw")
+                         f"below {CHIN_SILHOUETTE_YAW:g} deg of annotated yaw")
     ap.add_argument("--unannotated-mouth-prior", type=float, default=20.0,
                     help="factor on the expression prior of the lip-opening blendshapes for aflw21 (lips not annotated)")
     ap.add_argument("--aflw21-correction", type=float, default=1e4, metavar="LAM",
@@ -316,7 +316,7 @@ def main(argv=None) -> int:
                                           a.chin_weight)
             first = r
             # the annotated chin holds in the refit as in the first fit (not where it is a silhouette point)
-            held = np.where(w[:, 8] == 1.0, a.chin_weight, 1.0)
+            held = np.where((w[:, 8] > 0) & (np.abs(yaw) <= CHIN_SILHOUETTE_YAW), a.chin_weight, 1.0)
             r = correct_fits(label_model, first, corr, a.batch, kw, held)
             r["valid"] &= first["valid"]
             r["rmse"] = first["rmse"]  # the fit to the annotations, for the ok flag
