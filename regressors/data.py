@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -70,6 +71,9 @@ __all__ = [
     "CONTOUR_POINTS",
     "DEFAULT_DROP_TARGETS",
     "parse_drop_targets",
+    "LabelDrop",
+    "parse_drop_labels",
+    "UNANNOTATED",
     "expression_flip_permutation",
     "save_labels",
     "load_labels",
@@ -144,6 +148,50 @@ def parse_drop_targets(specs: Sequence[str], base: Optional[dict] = None, sets: 
                              f"(comma list, ranges a-b)") from None
         out[sel] = tuple(sorted(ids))
     return out
+
+
+#: ``POINTS`` word of :func:`parse_drop_labels`: a row's points without annotation weight (absent,
+#: unannotated by its set, or marked invisible), whose label comes only from the label fit's priors.
+UNANNOTATED = "unannotated"
+
+
+@dataclass(frozen=True)
+class LabelDrop:
+    """Label points the landmark head's label term (``head``) gives no weight.
+
+    ``ids``: row selector (set name or ``contour=2d`` / ``contour=3d``) -> iBUG ids (0-based, of the
+    unflipped photo). ``unannotated``: selectors whose rows also drop their own unannotated points.
+    ``max_yaw``: only rows whose label |yaw| (degrees) is below it drop points (None = every row).
+    """
+
+    ids: dict = field(default_factory=dict)
+    unannotated: tuple = ()
+    max_yaw: Optional[float] = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.ids and not self.unannotated
+
+
+def parse_drop_labels(specs: Sequence[str], max_yaw: Optional[float] = None,
+                      sets: Optional[Sequence[str]] = None) -> LabelDrop:
+    """:class:`LabelDrop` from ``SEL:POINTS`` strings: the grammar of :func:`parse_drop_targets`,
+    plus ``POINTS`` = ``unannotated`` (the row's points without annotation weight: not annotated by
+    its set, absent or marked invisible; their labels come only from the label fit's priors). No
+    spec gives an empty rule. Raises ValueError naming a malformed spec or a ``max_yaw`` outside
+    (0, 180]."""
+    if max_yaw is not None and not 0.0 < float(max_yaw) <= 180.0:
+        raise ValueError(f"label drop yaw limit {max_yaw!r}: expected degrees in (0, 180]")
+    ids: dict = {}
+    unannotated = []
+    for spec in specs:
+        sel, _, pts = str(spec).partition(":")
+        if pts.strip() == UNANNOTATED:
+            parse_drop_targets([f"{sel}:all"], base={}, sets=sets)  # the selector's checks
+            unannotated.append(sel.strip())
+        else:
+            ids = parse_drop_targets([spec], base=ids, sets=sets)
+    return LabelDrop(ids, tuple(dict.fromkeys(unannotated)), None if max_yaw is None else float(max_yaw))
 
 
 def expression_flip_permutation(names: Sequence[str]) -> Optional[np.ndarray]:
@@ -396,10 +444,13 @@ class FaceLabelDataset(Dataset):
         images: optional in-memory images ``{name: (H, W, 3) uint8 RGB}`` (tests, caching).
         drop_targets: row selector -> iBUG ids whose annotation gets no ``visible`` weight
             (:func:`parse_drop_targets`; default :data:`DEFAULT_DROP_TARGETS`).
+        drop_labels: label points the head's label term gives no weight (:class:`LabelDrop`,
+            :func:`parse_drop_labels`; default none).
 
     Items are dicts of tensors: ``image`` (3, S, S) float normalised; ``shape`` (Ks,), ``expr`` (Ke,),
     ``rotmat`` (3, 3), ``rotvec`` (3,), ``scale`` (), ``translation`` (2,), ``landmarks3d`` (68, 2),
-    ``target`` (68, 2) (0 where absent), ``visible`` (68,), all in the crop frame; ``shape_w`` and
+    ``target`` (68, 2) (0 where absent), ``visible`` (68,), ``label_w`` (68,) the weight of each label
+    point in the head's label term (0 where ``drop_labels`` drops it), all in the crop frame; ``shape_w`` and
     ``expr_w`` () loss masks; ``flipped`` (), ``set_id`` () the index in ``SETS`` (ytf68, aflw21, 300w), ``len(SETS)`` = other; ``index``.
     """
 
@@ -409,9 +460,10 @@ class FaceLabelDataset(Dataset):
                  augment: bool = False, seed: int = 0, p_flip: float = 0.5, p_rotate: float = 0.5,
                  max_rotate_deg: float = 15.0, scale_range=(0.9, 1.1), shift: float = 0.05, p_occlude: float = 0.3,
                  p_blur: float = 0.2, p_gray: float = 0.1, photometric: bool = True, images: Optional[dict] = None,
-                 drop_targets: Optional[dict] = None):
+                 drop_targets: Optional[dict] = None, drop_labels: Optional[LabelDrop] = None):
         self.labels = labels
         self.drop_mask = self._drop_mask(DEFAULT_DROP_TARGETS if drop_targets is None else drop_targets)
+        self.label_mask = self._label_mask(drop_labels or LabelDrop())
         self.root = Path(data_root) if data_root is not None else default_data_root()
         self.size = size
         self.augment = augment
@@ -436,6 +488,23 @@ class FaceLabelDataset(Dataset):
         for sel, ids in drop_targets.items():
             rows = contour == sel.split("=", 1)[1] if sel.startswith("contour=") else sets == sel
             mask[np.ix_(rows, list(ids))] = True
+        return mask
+
+    def _label_mask(self, rule: LabelDrop) -> np.ndarray:
+        """(N, 68) bool: the label points the rule ``rule`` gives no weight in the head's label term."""
+        N = len(self.labels["name"])
+        mask = np.zeros((N, 68), bool)
+        if rule.empty or N == 0:
+            return mask
+        mask = self._drop_mask(rule.ids)
+        if rule.unannotated:
+            tgt = np.asarray(self.labels["target"], dtype=np.float64)
+            none = ~np.isfinite(tgt).all(-1) | (np.asarray(self.labels["visible"], dtype=np.float64) <= 0)
+            rows = self._drop_mask({sel: (0,) for sel in rule.unannotated})[:, 0]
+            mask |= none & rows[:, None]
+        if rule.max_yaw is not None:
+            from .mixing import label_yaw  # mixing imports this module
+            mask &= (np.abs(label_yaw(self.labels)) < rule.max_yaw)[:, None]
         return mask
 
     def set_epoch(self, epoch: int):
@@ -540,6 +609,7 @@ class FaceLabelDataset(Dataset):
             "landmarks3d": f32(lab["landmarks3d"]),
             "target": f32(np.nan_to_num(lab["target"], nan=0.0)),
             "visible": f32(vis),
+            "label_w": f32(~self.label_mask[i][IBUG68_FLIP] if flags["flipped"] else ~self.label_mask[i]),
             "shape_w": torch.tensor(0.0 if flags["flipped"] else 1.0),
             "expr_w": torch.tensor(0.0 if flags["flipped"] and self.expr_perm is None else 1.0),
             "flipped": torch.tensor(flags["flipped"]),

@@ -11,7 +11,8 @@ All terms are in the crop frame (pixels) unless stated:
   flipped samples (``shape_w = 0``) the label vertices use the predicted shape (detached), so
   only pose, camera and expression are supervised by it.
 * ``pose``: squared Frobenius distance of the rotation matrices (= 4 (1 - cos angle)).
-* ``head``: landmark head vs the label ``landmarks3d`` (smooth L1, or the Wing loss with
+* ``head``: landmark head vs the label ``landmarks3d``, points weighted by ``label_w`` when the batch
+  has it (smooth L1, or the Wing loss with
   ``head_loss="wing"``) plus ``head_target`` times the same vs visible ``target`` points.
 * ``shape``/``expr``: direct parameter losses (MSE of normalised shape, masked by ``shape_w``;
   MSE of expression coefficients, masked by ``expr_w``).
@@ -129,7 +130,7 @@ class RegressorLoss(torch.nn.Module):
         t["vdc"] = F.smooth_l1_loss(Vp, Vl, reduction="none").sum(-1).mean()
         t["pose"] = ((out.rotmat - batch["rotmat"]) ** 2).sum((-1, -2)).mean()
         ones = torch.ones_like(vis)
-        t["head"] = _weighted_points(self._head_elementwise(out.landmarks, batch["landmarks3d"]), ones)
+        t["head"] = _weighted_points(self._head_elementwise(out.landmarks, batch["landmarks3d"]), batch.get("label_w", ones))
         t["head_target"] = _weighted_points(self._head_elementwise(out.landmarks, batch["target"]), vis)
         zs = (batch["shape"] - reg.shape_mean) / reg.shape_std
         t["shape"] = (((z["shape"] - zs) ** 2).mean(-1) * batch["shape_w"]).sum() / batch["shape_w"].sum().clamp_min(1.0)

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .data import FaceLabelDataset, crop_labels, load_labels, model_for_labels, parse_drop_targets, select_labels, to_frame
+from .data import (FaceLabelDataset, crop_labels, load_labels, model_for_labels, parse_drop_labels, parse_drop_targets,
+                   select_labels, to_frame)
 from .mixing import add_mixing_arguments, plan_mixing
 from .losses import HEAD_LOSSES, LossWeights, RegressorLoss, batch_metrics
 from .networks import ARCHS, Regressor, RegressorConfig, label_stats
@@ -148,6 +149,12 @@ def build_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Argume
                    help="also give these annotated points no weight in the annotation terms (head_target, lm); "
                         "SEL a set name (ytf68, aflw21, 300w) or contour=2d, POINTS 'all' or iBUG ids like 8 or "
                         "31,35 or 0-16; repeatable; the silhouette jaw of contour=2d rows is always dropped")
+    p.add_argument("--drop-label", action="append", default=[], metavar="SEL:POINTS",
+                   help="give these label points no weight in the landmark head's label term (head); SEL as "
+                        "--drop-target, POINTS as there or 'unannotated' (the row's points without an annotation, "
+                        "whose label comes only from the fit's priors); repeatable")
+    p.add_argument("--drop-label-below-yaw", type=float, default=None, metavar="DEG",
+                   help="--drop-label applies only to rows whose label |yaw| is below DEG degrees")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     add_mixing_arguments(p)
     return p
@@ -247,8 +254,13 @@ def train(args, model=None) -> dict:
         drop = parse_drop_targets(args.drop_target, sets=np.unique(np.asarray(tr["set"]).astype(str)))
     except ValueError as e:
         raise SystemExit(f"--drop-target: {e}") from None
+    try:
+        drop_labels = parse_drop_labels(args.drop_label, args.drop_label_below_yaw,
+                                        sets=np.unique(np.asarray(tr["set"]).astype(str)))
+    except ValueError as e:
+        raise SystemExit(f"--drop-label: {e}") from None
     kw = dict(data_root=args.data_root, expression_names=names, drop_targets=drop)
-    ds_tr = FaceLabelDataset(tr, augment=not args.no_augment, seed=args.seed, **kw)
+    ds_tr = FaceLabelDataset(tr, augment=not args.no_augment, seed=args.seed, drop_labels=drop_labels, **kw)
     ds_va = FaceLabelDataset(va, augment=False, **kw)
 
     cfg = RegressorConfig(arch=args.arch, width=args.width, n_shape=Ks, n_expr=Ke, model_name=model.name, depth=args.depth,

@@ -11,7 +11,7 @@ import torch
 from morphable.errors import WeightsError
 from morphable.geometry import angles_to_rotmat, project, rotmat_to_angles, rotvec_to_rotmat
 from morphable.model import ModelInfo, MorphableModel
-from regressors.data import (CONTOUR_POINTS, DEFAULT_DROP_TARGETS, parse_drop_targets, IBUG68_FLIP, FaceLabelDataset, expression_flip_permutation, flip_labels,
+from regressors.data import (CONTOUR_POINTS, DEFAULT_DROP_TARGETS, parse_drop_labels, parse_drop_targets, IBUG68_FLIP, FaceLabelDataset, expression_flip_permutation, flip_labels,
                              load_labels, rotate_labels, save_labels, select_labels)
 from regressors.losses import nme
 from regressors.networks import Regressor, RegressorConfig, rotmat_to_sixd, sixd_to_rotmat
@@ -153,19 +153,22 @@ def test_wing_loss_known_answers():
         wing(x, 0.0, 2.0)
 
 
+def _loss_batch(m, B: int, seed: int, image_seed: int):
+    """A training batch of B synthetic 120 px labels of model ``m`` (crop frame) and random images."""
+    lab = synthetic_labels(m, B, W=120, H=120, seed=seed)
+    batch = {k: torch.as_tensor(np.nan_to_num(v), dtype=torch.float32) for k, v in lab.items()}
+    batch["rotmat"] = rotvec_to_rotmat(batch.pop("rotvec").double()).float()
+    batch["shape_w"] = torch.ones(B)
+    batch["expr_w"] = torch.ones(B)
+    return batch, torch.rand(B, 3, 120, 120, generator=torch.Generator().manual_seed(image_seed))
+
+
 def test_head_loss_choice_changes_only_the_head_terms():
     from regressors.losses import RegressorLoss, wing
 
     m = synthetic_model()
     reg = tiny(m)
-    g = torch.Generator().manual_seed(0)
-    B = 3
-    lab = synthetic_labels(m, B, W=120, H=120, seed=3)
-    batch = {k: torch.as_tensor(np.nan_to_num(v), dtype=torch.float32) for k, v in lab.items()}
-    batch["rotmat"] = rotvec_to_rotmat(batch.pop("rotvec").double()).float()
-    batch["shape_w"] = torch.ones(B)
-    batch["expr_w"] = torch.ones(B)
-    x = torch.rand(B, 3, 120, 120, generator=g)
+    batch, x = _loss_batch(m, 3, seed=3, image_seed=0)
     with torch.no_grad():
         z = reg.raw(x)
         out = reg.decode(z)
@@ -390,6 +393,68 @@ def test_drop_targets_by_set_and_contour(tmp_path):
                            drop_targets={"aflw21": (31,)}, photometric=False)
     vis = one[1]["visible"].numpy()
     assert vis[IBUG68_FLIP[31]] == 0.0 and vis[31] > 0 and (vis > 0).sum() == (np.asarray(d["visible"][1]) > 0).sum() - 1
+
+
+
+def test_drop_labels_unannotated_points_below_a_yaw(tmp_path):
+    """``--drop-label SEL:unannotated`` zeroes the head's label weight exactly on the selected rows'
+    points without an annotation (absent or invisible), only below the yaw limit, follows the photo's
+    points through a mirror flip, and the head term then ignores those label points; bad specs are
+    refused with the format in the message."""
+    from regressors.losses import RegressorLoss
+    from regressors.mixing import label_yaw
+
+    assert parse_drop_labels([]).empty
+    rule = parse_drop_labels(["aflw21:unannotated", "300w:0-2", "300w:5"], 45.0, sets=["300w", "aflw21", "ytf68"])
+    assert rule.unannotated == ("aflw21",) and rule.ids == {"300w": (0, 1, 2, 5)} and rule.max_yaw == 45.0
+    for bad in ("aflw21:unannotatd", "aflw21", ":unannotated"):
+        with pytest.raises(ValueError, match="drop target"):
+            parse_drop_labels([bad])
+    with pytest.raises(ValueError, match="no rows of set 'aflw'"):
+        parse_drop_labels(["aflw:unannotated"], sets=["aflw21"])
+    for bad_yaw in (0.0, -5.0, 200.0):
+        with pytest.raises(ValueError, match="yaw limit"):
+            parse_drop_labels(["aflw21:unannotated"], bad_yaw)
+    d, _, extra = _three_row_label_file(tmp_path, 4)
+    absent, hidden = [0, 1, 2, 3], [40]
+    d["target"][1, absent] = np.nan
+    d["visible"][1, hidden] = 0.0
+    images = {n: np.zeros((120, 130, 3), np.uint8) for n in extra["name"]}
+    yaw = np.abs(label_yaw(d))
+    ds = FaceLabelDataset(d, expression_names=EXPR_NAMES, augment=False, images=images,
+                          drop_labels=parse_drop_labels(["aflw21:unannotated", "300w:5"], float(yaw.max()) + 1.0))
+    want = np.ones((3, 68), np.float32)
+    want[1, absent + hidden] = 0.0
+    want[1, 60:] = 0.0  # the synthetic annotation has no inner lips
+    want[0, 5] = 0.0
+    for i in range(3):
+        np.testing.assert_array_equal(ds[i]["label_w"].numpy(), want[i])
+    below = FaceLabelDataset(d, expression_names=EXPR_NAMES, augment=False, images=images,
+                             drop_labels=parse_drop_labels(["aflw21:unannotated"], float(yaw[1]) - 1e-3))
+    assert (below[1]["label_w"].numpy() == 1.0).all()  # the row's |yaw| is not below the limit
+    assert (FaceLabelDataset(d, expression_names=EXPR_NAMES, augment=False, images=images)[1]["label_w"].numpy() == 1.0).all()
+    flipped = FaceLabelDataset(d, expression_names=EXPR_NAMES, augment=True, images=images, p_flip=1.0, photometric=False,
+                               drop_labels=parse_drop_labels(["aflw21:unannotated"]))[1]["label_w"].numpy()
+    np.testing.assert_array_equal(flipped, want[1][IBUG68_FLIP])
+    assert flipped[IBUG68_FLIP[40]] == 0.0 and flipped[40] == 1.0
+    # the head term: label points of weight 0 do not count, the rest are averaged as before
+    m = synthetic_model()
+    reg = tiny(m)
+    batch, x = _loss_batch(m, 3, seed=5, image_seed=1)
+    loss = RegressorLoss(m)
+    with torch.no_grad():
+        z = reg.raw(x)
+        out = reg.decode(z)
+        batch["label_w"] = torch.as_tensor(want)
+        _, a = loss.terms(reg, z, out, batch)
+        moved = dict(batch, landmarks3d=batch["landmarks3d"].clone())
+        moved["landmarks3d"][torch.as_tensor(want) == 0] += 50.0
+        _, b = loss.terms(reg, z, out, moved)
+    e = torch.nn.functional.smooth_l1_loss(out.landmarks, batch["landmarks3d"], reduction="none").sum(-1)
+    keep = torch.as_tensor(want) > 0
+    assert a["head"] == pytest.approx(float(e[keep].mean()), rel=1e-5)
+    assert b["head"] == pytest.approx(a["head"], rel=1e-6)
+    assert a["head"] != pytest.approx(float(e.mean()), rel=1e-3)
 
 
 # ------------------------------------------------------------------------- weights/ONNX
