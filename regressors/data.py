@@ -186,11 +186,14 @@ def parse_drop_labels(specs: Sequence[str], max_yaw: Optional[float] = None,
     unannotated = []
     for spec in specs:
         sel, _, pts = str(spec).partition(":")
-        if pts.strip() == UNANNOTATED:
-            parse_drop_targets([f"{sel}:all"], base={}, sets=sets)  # the selector's checks
-            unannotated.append(sel.strip())
-        else:
-            ids = parse_drop_targets([spec], base=ids, sets=sets)
+        try:
+            if pts.strip() == UNANNOTATED:
+                parse_drop_targets([f"{sel}:all"], base={}, sets=sets)  # the selector's checks
+                unannotated.append(sel.strip())
+            else:
+                ids = parse_drop_targets([spec], base=ids, sets=sets)
+        except ValueError as e:
+            raise ValueError(f"label drop {spec!r}: {e} (or POINTS '{UNANNOTATED}')") from None
     return LabelDrop(ids, tuple(dict.fromkeys(unannotated)), None if max_yaw is None else float(max_yaw))
 
 
@@ -479,15 +482,19 @@ class FaceLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels["name"])
 
+    def _rows(self, sel: str) -> np.ndarray:
+        """(N,) bool: the rows a selector (set name or ``contour=2d`` / ``contour=3d``) names."""
+        if sel.startswith("contour="):
+            N = len(self.labels["name"])
+            contour = np.asarray(self.labels["contour"]).astype(str) if "contour" in self.labels else np.full(N, "3d")
+            return contour == sel.split("=", 1)[1]
+        return np.asarray(self.labels["set"]).astype(str) == sel
+
     def _drop_mask(self, drop_targets: dict) -> np.ndarray:
         """(N, 68) bool: the annotated points the rule ``drop_targets`` gives no weight."""
-        N = len(self.labels["name"])
-        mask = np.zeros((N, 68), bool)
-        sets = np.asarray(self.labels["set"]).astype(str)
-        contour = np.asarray(self.labels["contour"]).astype(str) if "contour" in self.labels else np.full(N, "3d")
+        mask = np.zeros((len(self.labels["name"]), 68), bool)
         for sel, ids in drop_targets.items():
-            rows = contour == sel.split("=", 1)[1] if sel.startswith("contour=") else sets == sel
-            mask[np.ix_(rows, list(ids))] = True
+            mask[np.ix_(self._rows(sel), list(ids))] = True
         return mask
 
     def _label_mask(self, rule: LabelDrop) -> np.ndarray:
@@ -500,7 +507,7 @@ class FaceLabelDataset(Dataset):
         if rule.unannotated:
             tgt = np.asarray(self.labels["target"], dtype=np.float64)
             none = ~np.isfinite(tgt).all(-1) | (np.asarray(self.labels["visible"], dtype=np.float64) <= 0)
-            rows = self._drop_mask({sel: (0,) for sel in rule.unannotated})[:, 0]
+            rows = np.any([self._rows(sel) for sel in rule.unannotated], axis=0)
             mask |= none & rows[:, None]
         if rule.max_yaw is not None:
             from .mixing import label_yaw  # mixing imports this module
