@@ -82,8 +82,9 @@ class FitConfig:
             in one network call. Validation fit NME (``regressors.validate --pipeline``, 2,201 faces):
             3.717 % without, 3.602 % with 2 (r11 weights against labels v3; r10: 3.783 / 3.681; the
             r12 weights with 2: 3.551 % against labels v4, where r11 scores 3.772 and the r13
-            weights 3.510; r14 3.343 against labels v5, r18 3.302, the shipped r22 weights 3.322: r22's
-            jaw follows the 2D-annotated sets on aflw21 faces by design, see the model card). The
+            weights 3.510; r14 3.343 against labels v5, r18 3.302; the shipped r22 weights 3.322 in float
+            in session 21's check, where r18 also scores 3.302: r22's jaw follows the 2D-annotated
+            sets on aflw21 faces by design, see the model card). The
             regressor stage goes from 2.4 to 5.6 ms per face (one face per call, one thread, int8),
             the whole ``fit_crops`` from 4.6 to 8.2 ms. With a re-crop, only the final pass is shifted.
         int8: on onnxruntime, run the shipped static-int8 twin of the weights (``NAME.int8.onnx``,

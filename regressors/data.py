@@ -499,11 +499,9 @@ class FaceLabelDataset(Dataset):
 
     def _label_mask(self, rule: LabelDrop) -> np.ndarray:
         """(N, 68) bool: the label points the rule ``rule`` gives no weight in the head's label term."""
-        N = len(self.labels["name"])
-        mask = np.zeros((N, 68), bool)
-        if rule.empty or N == 0:
-            return mask
         mask = self._drop_mask(rule.ids)
+        if rule.empty:
+            return mask
         if rule.unannotated:
             tgt = np.asarray(self.labels["target"], dtype=np.float64)
             none = ~np.isfinite(tgt).all(-1) | (np.asarray(self.labels["visible"], dtype=np.float64) <= 0)

@@ -250,13 +250,13 @@ def train(args, model=None) -> dict:
         return EpochBatches(len(tr_idx), args.batch, args.seed, epoch, start=start)
 
     names = model.info.expression_names
+    sets = np.unique(np.asarray(tr["set"]).astype(str))
     try:
-        drop = parse_drop_targets(args.drop_target, sets=np.unique(np.asarray(tr["set"]).astype(str)))
+        drop = parse_drop_targets(args.drop_target, sets=sets)
     except ValueError as e:
         raise SystemExit(f"--drop-target: {e}") from None
     try:
-        drop_labels = parse_drop_labels(args.drop_label, args.drop_label_below_yaw,
-                                        sets=np.unique(np.asarray(tr["set"]).astype(str)))
+        drop_labels = parse_drop_labels(args.drop_label, args.drop_label_below_yaw, sets=sets)
     except ValueError as e:
         raise SystemExit(f"--drop-label: {e}") from None
     kw = dict(data_root=args.data_root, expression_names=names, drop_targets=drop)

@@ -395,7 +395,6 @@ def test_drop_targets_by_set_and_contour(tmp_path):
     assert vis[IBUG68_FLIP[31]] == 0.0 and vis[31] > 0 and (vis > 0).sum() == (np.asarray(d["visible"][1]) > 0).sum() - 1
 
 
-
 def test_drop_labels_unannotated_points_below_a_yaw(tmp_path):
     """``--drop-label SEL:unannotated`` zeroes the head's label weight exactly on the selected rows'
     points without an annotation (absent or invisible), only below the yaw limit, follows the photo's
