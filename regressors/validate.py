@@ -86,8 +86,10 @@ def score_pipeline(labels: dict, model, config=None, data_root=None, batch: int 
     """The whole pipeline (regressor, LM; ``fitting.pipeline.FitConfig``) on the validation rows,
     each face cropped with the standard box from its label landmarks (the benchmark's GT-box
     protocol): NME of the output landmarks vs the labels' ``landmarks3d``, yaw-balanced like
-    :func:`score_weights` (key ``"fit"``). For choosing pipeline settings (LM priors, iterations,
-    test-time mirroring) without the dev set."""
+    :func:`score_weights` (key ``"fit"``), the pose MAE against the labels (``"pose_mae"``) and,
+    when the labels name their sets, per set (``"sets"``, :func:`per_set_scores`: the annotated
+    points alone, and the signed pitch of near-frontal faces). For choosing weights and pipeline
+    settings (LM priors, iterations, test-time mirroring) without the dev set."""
     from fitting.pipeline import Fitter
     from morphable.crop import box_from_landmarks
     from morphable.geometry import rotmat_to_angles, rotvec_to_rotmat
@@ -105,14 +107,56 @@ def score_pipeline(labels: dict, model, config=None, data_root=None, batch: int 
         out = fitter.fit_crops(imgs, boxes[i:i + batch])
         pred.append(out.landmarks.detach().cpu().double().numpy())
         rots.append(out.rotation.detach().cpu().double())
-    e = nme(torch.as_tensor(np.concatenate(pred)), torch.as_tensor(gt)).numpy()
+    pred = np.concatenate(pred)
+    e = nme(torch.as_tensor(pred), torch.as_tensor(gt)).numpy()
     R = rotvec_to_rotmat(torch.as_tensor(labels["rotvec"], dtype=torch.float64))
     ang = np.degrees(rotmat_to_angles(R).numpy())  # (N, 3) [pitch, yaw, roll]
-    bal, means, counts = balanced(e, yaw_bins(ang[:, 1]))
-    err = np.abs(np.degrees(rotmat_to_angles(torch.cat(rots)).numpy()) - ang)
-    mae = {k: float(err[:, j].mean()) for j, k in enumerate(("pitch", "yaw", "roll"))}
-    return {"fit": {"balanced": bal, "bins": means, "counts": counts},
-            "pose_mae": {**mae, "mean": float(np.mean(list(mae.values())))}}
+    bins = yaw_bins(ang[:, 1])
+    bal, means, counts = balanced(e, bins)
+    signed = np.degrees(rotmat_to_angles(torch.cat(rots)).numpy()) - ang
+    mae = {k: float(np.abs(signed[:, j]).mean()) for j, k in enumerate(("pitch", "yaw", "roll"))}
+    out = {"fit": {"balanced": bal, "bins": means, "counts": counts},
+           "pose_mae": {**mae, "mean": float(np.mean(list(mae.values())))}}
+    if "set" in labels:
+        out["sets"] = per_set_scores(labels, pred, e, signed[:, 0], bins)
+    return out
+
+
+def annotated_nme(pred: np.ndarray, target: np.ndarray, visible: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(N,) NME (%) of ``pred`` against the annotation ``target`` over each row's annotated points
+    (finite, ``visible`` > 0), normalised like the benchmark by sqrt(w*h) of the box of the label
+    landmarks ``gt``; NaN for a row without annotated points. pred, target, gt: (N, 68, 2) image
+    px; visible: (N, 68) weights."""
+    on = np.isfinite(target).all(-1) & (np.asarray(visible) > 0)
+    d = np.linalg.norm(np.where(on[..., None], pred - target, 0.0), axis=-1)
+    wh = gt.max(1) - gt.min(1)
+    n = on.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, 100.0 * d.sum(1) / np.maximum(n, 1) / np.sqrt(wh[:, 0] * wh[:, 1]), np.nan)
+
+
+def per_set_scores(labels: dict, pred: np.ndarray, fit_nme: np.ndarray, pitch_err: np.ndarray,
+                   bins: np.ndarray) -> dict:
+    """Per training set (``labels["set"]``): ``n``, ``nme`` (mean over rows of ``fit_nme``, all 68
+    label points), ``annotated`` (mean of :func:`annotated_nme` over rows that have annotated points)
+    and ``pitch_bias_frontal`` (mean signed pitch error, degrees, pipeline - label, over rows in the
+    [0,30] |yaw| bin; positive = the pipeline raises the face more than the label)."""
+    sets = np.asarray(labels["set"]).astype(str)
+    ann = None
+    if "target" in labels and "visible" in labels:
+        ann = annotated_nme(pred, np.asarray(labels["target"], np.float64), np.asarray(labels["visible"], np.float64),
+                            np.asarray(labels["landmarks3d"], np.float64))
+    res = {}
+    for s in dict.fromkeys(sets.tolist()):
+        m = sets == s
+        f = m & (bins == 0)
+        r = {"n": int(m.sum()), "nme": float(fit_nme[m].mean()),
+             "pitch_bias_frontal": float(pitch_err[f].mean()) if f.any() else float("nan")}
+        if ann is not None:
+            a = ann[m]
+            r["annotated"] = float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+        res[s] = r
+    return res
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -151,6 +195,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pm = r["pose_mae"]
         print(f"pipeline {a.pipeline} with {a.weights[0]}: fit {f['balanced']:.3f} ({' / '.join(f'{v:.2f}' for v in f['bins'])}), "
               f"pose MAE pitch / yaw / roll / mean {pm['pitch']:.2f} / {pm['yaw']:.2f} / {pm['roll']:.2f} / {pm['mean']:.2f} deg")
+        for s, v in r.get("sets", {}).items():
+            print(f"  {s:8s} {v['n']:5d} faces: fit NME {v['nme']:.3f} (all label points), annotated points "
+                  f"{v.get('annotated', float('nan')):.3f}, pitch bias [0,30] {v['pitch_bias_frontal']:+.2f} deg")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0

@@ -38,8 +38,14 @@ def test_score_pipeline_known_answers(monkeypatch):
     gt = np.stack([np.c_[rng.uniform(100, 160, 68), rng.uniform(50, 90, 68)] for _ in range(6)])
     gt[:, 0] = [100, 50]
     gt[:, 1] = [160, 90]  # the box of every face: exactly 60 x 40 px
+    target = np.full_like(gt, np.nan)
+    target[:, :10] = gt[:, :10] + [0.0, 4.0]  # 10 annotated points, 4 px above the prediction's row
+    visible = np.zeros((6, 68))
+    visible[:, :10] = 1.0
+    visible[5] = 0.0  # a row without annotated points: left out of its set's mean
     labels = {"landmarks3d": gt, "name": np.array([f"f{i}.jpg" for i in range(6)]),
-              "rotvec": rotmat_to_rotvec(angles_to_rotmat(torch.as_tensor(ang))).numpy()}
+              "rotvec": rotmat_to_rotvec(angles_to_rotmat(torch.as_tensor(ang))).numpy(),
+              "set": np.array(["a", "b", "a", "b", "a", "b"]), "target": target, "visible": visible}
 
     class Stand:
         def __init__(self, config):
@@ -58,3 +64,25 @@ def test_score_pipeline_known_answers(monkeypatch):
     np.testing.assert_allclose(r["fit"]["bins"] + [r["fit"]["balanced"]], want, rtol=1e-9)
     pm = r["pose_mae"]
     np.testing.assert_allclose([pm["pitch"], pm["yaw"], pm["roll"], pm["mean"]], [2.0, 0.0, 0.0, 2.0 / 3], atol=1e-9)
+    # per set: the 3 px shift against the annotation 4 px lower is 5 px; pitch 2 deg high in [0,30]
+    for name in "ab":
+        v = r["sets"][name]
+        assert v["n"] == 3
+        np.testing.assert_allclose([v["nme"], v["annotated"], v["pitch_bias_frontal"]],
+                                   [want, 100 * 5 / math.sqrt(60 * 40), 2.0], rtol=1e-9)
+
+
+def test_annotated_nme_by_hand():
+    """Only finite points with visible > 0 count; the box is the label landmarks'; none -> NaN."""
+    from regressors.validate import annotated_nme
+
+    gt = np.zeros((2, 68, 2))
+    gt[:, 1] = [30.0, 120.0]  # box 30 x 120: sqrt = 60
+    pred = gt.copy()
+    pred[:, 2] += [6.0, 8.0]  # 10 px off at point 2
+    target = gt.copy()
+    target[:, 3] = np.nan  # point 3: no annotation (NaN target), ignored whatever its weight
+    vis = np.zeros((2, 68))
+    vis[0, [2, 3, 4]] = [0.5, 1.0, 1.0]  # row 0: points 2 (10 px) and 4 (0 px) count
+    got = annotated_nme(pred, target, vis, gt)
+    assert math.isclose(got[0], 100 * 5 / 60) and math.isnan(got[1])
