@@ -14,7 +14,7 @@ from morphable.model import ModelInfo, MorphableModel
 from regressors.data import (CONTOUR_POINTS, DEFAULT_DROP_TARGETS, parse_drop_labels, parse_drop_targets, IBUG68_FLIP, FaceLabelDataset, expression_flip_permutation, flip_labels,
                              load_labels, rotate_labels, save_labels, select_labels)
 from regressors.losses import nme
-from regressors.networks import Regressor, RegressorConfig, rotmat_to_sixd, sixd_to_rotmat
+from regressors.networks import Regressor, RegressorConfig, normalize_crops, rotmat_to_sixd, sixd_to_rotmat
 from regressors.weights import OnnxRegressor, export_onnx, load_regressor, save_regressor
 from tests.conftest import assert_close
 
@@ -469,6 +469,39 @@ def test_onnx_parity(tmp_path):
     a, b = reg.predict(crops), OnnxRegressor(p, threads=1).predict(crops)
     for k in ("shape", "expr", "rotvec", "scale", "translation", "landmarks", "rotmat"):
         assert np.abs(getattr(a, k) - getattr(b, k)).max() < 1e-4, k
+
+
+@pytest.mark.parametrize("recipe, weight_dtype", [("u8u8", "uint8"), ("u8s8", "int8"), ("u8s8-7bit", "int8")])
+def test_quantize_recipes_write_their_weight_type(tmp_path, recipe, weight_dtype):
+    """Each int8 recipe stores the convolution weights in its own type (U8U8: unsigned, the default,
+    which onnxruntime's x86 kernels do not saturate without VNNI; 7-bit: signed within +-64), records
+    the source file's SHA-256, and stays near the float network on the calibration crops."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    from regressors.quantize import INT8_META, file_sha256, quantize_static_onnx
+
+    m = synthetic_model()
+    reg = tiny(m, arch="resnet")
+    w = tmp_path / "w.pt"
+    save_regressor(reg, w)
+    crops = np.random.default_rng(0).integers(0, 256, (8, 120, 120, 3), dtype=np.uint8)
+    calib = normalize_crops(crops).numpy()
+    out = quantize_static_onnx(reg, w, calib, tmp_path / "w.int8.onnx", recipe=recipe)
+    g = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in g.graph.initializer}
+    conv_w = [inits[n.input[0]] for n in g.graph.node if n.op_type == "DequantizeLinear"
+              and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    assert conv_w and all(str(a.dtype) == weight_dtype for a in conv_w)
+    if recipe == "u8s8-7bit":
+        assert max(int(np.abs(a.astype(np.int32)).max()) for a in conv_w) <= 64
+    meta = {e.key: e.value for e in g.metadata_props}
+    assert meta[INT8_META[0]] == file_sha256(w)
+    a, b = reg.predict(crops), OnnxRegressor(out, threads=1).predict(crops)
+    assert np.abs(a.landmarks - b.landmarks).mean() < 1.0
+    with pytest.raises(KeyError):
+        quantize_static_onnx(reg, w, calib, tmp_path / "x.onnx", recipe="u4")
 
 
 def test_weight_file_errors(tmp_path):
