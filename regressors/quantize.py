@@ -103,8 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--calib", type=int, default=256, help="calibration crops (default 256)")
     ap.add_argument("--report", default=None, help="also write the printed numbers as JSON here")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="u8u8",
-                    help="weight type and range (RECIPES): u8u8 (the default: exact on every x86 CPU), u8s8 "
-                         "(signed weights: saturates on CPUs without VNNI), u8s8-7bit")
+                    help="weight type and range (RECIPES): u8u8 (the default), u8s8 (signed weights: can "
+                         "saturate on x86 CPUs without VNNI), u8s8-7bit")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     from torch.utils.data import DataLoader

@@ -125,8 +125,9 @@ def score_pipeline(labels: dict, model, config=None, data_root=None, batch: int 
 def annotated_nme(pred: np.ndarray, target: np.ndarray, visible: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """(N,) NME (%) of ``pred`` against the annotation ``target`` over each row's annotated points
     (finite, ``visible`` > 0), normalised like the benchmark by sqrt(w*h) of the box of the label
-    landmarks ``gt``; NaN for a row without annotated points. pred, target, gt: (N, 68, 2) image
-    px; visible: (N, 68) weights."""
+    landmarks ``gt`` (not :func:`regressors.losses.nme`, whose box is that of the weighted points
+    themselves: AFLW's 21 points span less than the face); NaN for a row without annotated points.
+    pred, target, gt: (N, 68, 2) image px; visible: (N, 68) weights."""
     on = np.isfinite(target).all(-1) & (np.asarray(visible) > 0)
     d = np.linalg.norm(np.where(on[..., None], pred - target, 0.0), axis=-1)
     wh = gt.max(1) - gt.min(1)
