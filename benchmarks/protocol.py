@@ -41,7 +41,7 @@ import torch
 
 from morphable.crop import box_from_landmarks
 from morphable.errors import InputError
-from morphable.geometry import angles_to_rotmat, rotmat_to_angles, rotmat_to_rotvec
+from morphable.geometry import POSE_LIMIT_DEG, angles_to_rotmat, rotation_angle, rotmat_to_angles
 
 __all__ = [
     "YAW_BINS",
@@ -79,8 +79,8 @@ __all__ = [
 
 #: Keys of the three |yaw| bins, in order: [0, 30], (30, 60], > 60 degrees.
 YAW_BINS: tuple[str, str, str] = ("0-30", "30-60", "60-90")
-#: Pose MAE uses images whose three GT angles all lie within +-POSE_LIMIT_DEG degrees.
-POSE_LIMIT_DEG = 99.0
+# Pose MAE uses images whose three GT angles all lie within +-POSE_LIMIT_DEG degrees
+# (morphable.geometry.POSE_LIMIT_DEG, shared with regressors.validate).
 #: Landmarks per face.
 N_POINTS = 68
 
@@ -516,8 +516,8 @@ def geodesic_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
 
     Computed through the rotation vector (accurate near 0 and near 180 degrees).
     """
-    rel = torch.as_tensor(np.asarray(Ra, np.float64)).transpose(-1, -2) @ torch.as_tensor(np.asarray(Rb, np.float64))
-    return np.degrees(rotmat_to_rotvec(rel).norm(dim=-1).numpy())
+    Ra, Rb = (torch.as_tensor(np.asarray(R, np.float64)) for R in (Ra, Rb))
+    return np.degrees(rotation_angle(Ra, Rb).numpy())
 
 
 @dataclass

@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     n_whole = min(B, a.whole)
     for im in imgs[:2]:
         fitter.fit(im)  # warm-up
-    whole, stages = [], {"detect": [], "regressor (first pass; re-crop pass: direct, 2 shifted, all mirrored)": [], "LM": []}
+    reg_stage = f"regressor (first pass; re-crop pass: direct, {fitter.shifted_crops} shifted, all mirrored)"
+    whole, stages = [], {"detect": [], reg_stage: [], "LM": []}
     for im in imgs[:n_whole]:
         for _ in range(a.repeat):
             t0 = time.perf_counter()
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
         cb = det.crop_boxes()[:1]
         if cb:
             f = fitter.fit_crops([im], np.array([[cb[0].x0, cb[0].y0, cb[0].side]]), recrop=True)
-            stages["regressor (first pass; re-crop pass: direct, 2 shifted, all mirrored)"].append(f.timings["regressor"])
+            stages[reg_stage].append(f.timings["regressor"])
             stages["LM"].append(f.timings["lm"])
     whole_ms = float(np.median(whole)) * 1e3
     stage_ms = {k: float(np.median(v)) * 1e3 for k, v in stages.items() if v}

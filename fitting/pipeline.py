@@ -77,20 +77,27 @@ class FitConfig:
             per face).
         shifted_crops: also run the regressor on this many crops whose box is moved along its
             diagonals by :data:`CROP_SHIFT` of its side (0; 2: down-right and up-left; 4: all four
-            corners, which keeps the head exactly mirror-equivariant; None = 2, or 0 with the fast preset), each mirrored too with ``flip_test``, and average all the landmark heads in image
+            corners, which keeps the head exactly mirror-equivariant; None = 4, or 0 with the fast
+            preset), each mirrored too with ``flip_test``, and average all the landmark heads in image
             pixels (the LM targets; parameters come from the unshifted crop). All crops of a face run
-            in one network call. Validation fit NME (``regressors.validate --pipeline``, 2,201 faces):
+            in one network call. Validation fit NME (``regressors.validate --pipeline``, 2,200 faces):
             3.717 % without, 3.602 % with 2 (r11 weights against labels v3; r10: 3.783 / 3.681; the
             r12 weights with 2: 3.551 % against labels v4, where r11 scores 3.772 and the r13
             weights 3.510; r14 3.343 against labels v5, r18 3.302; the shipped r22 weights 3.322 in float
             in session 21's check, where r18 also scores 3.302: r22's jaw follows the 2D-annotated
-            sets on aflw21 faces by design, see the model card). The
-            regressor stage goes from 2.4 to 5.6 ms per face (one face per call, one thread, int8),
-            the whole ``fit_crops`` from 4.6 to 8.2 ms. With a re-crop, only the final pass is shifted.
+            sets on aflw21 faces by design, see the model card). With r22's U8U8 twin (session 23,
+            an AVX2-only CPU): 3.330 % with 2, **3.309 % with 4**, pose MAE 2.741 -> 2.724 deg (faces
+            within +-99 deg), 300-W + ytf68 rows 2.041 -> 2.037, aflw21 annotated points 3.549 ->
+            3.537; 4 is the default since then (rule in the model card, session 23), shipped with the
+            7-bit twin: 3.313 %, 2.731 deg. Ten crops per
+            face instead of six: 21.5 ms for the 7-bit twin at batch 10 on one thread of that CPU,
+            against 17.2-17.5 ms for six crops with the earlier U8U8 twin. With a re-crop, only the
+            final pass is shifted.
         int8: on onnxruntime, run the shipped static-int8 twin of the weights (``NAME.int8.onnx``,
-            :mod:`regressors.quantize`, unsigned weights, which do not saturate on x86 CPUs without
-            VNNI: validation pipeline NME 3.330 % against 3.323 % float on an AVX2-only CPU, about
-            1.3x faster there) when it was made from exactly these weights; False: the float export.
+            :mod:`regressors.quantize`, 7-bit signed weights, which do not saturate on x86 CPUs
+            without VNNI: validation pipeline NME 3.332 % against 3.330 % for unsigned weights and
+            3.323 % float on an AVX2-only CPU, about 1.6x faster than float there at batch 6) when it was made
+            from exactly these weights; False: the float export.
         preset: ``"fast"``: the light regressor (``regressors/weights/fast.pt``, about 1 ms per face
             on one core; its model card has its accuracy) unless ``weights`` or ``$MORPHABLE_WEIGHTS``
             names another file.
@@ -329,7 +336,7 @@ class Fitter:
         self.regressor = load_regressor(weights, model=self.model, device=self.config.device)
         self.crop_size = int(self.regressor.cfg.crop_size)
         n_shift = self.config.shifted_crops
-        self.shifted_crops = (0 if self.config.preset == "fast" else 2) if n_shift is None else int(n_shift)
+        self.shifted_crops = (0 if self.config.preset == "fast" else 4) if n_shift is None else int(n_shift)
         if self.shifted_crops not in (0, 2, 4):
             raise InputError(f"shifted_crops must be 0, 2 or 4, got {n_shift!r}")
         self.predictor = self._predictor()  # the regressor's predict() on onnxruntime or torch

@@ -6,7 +6,7 @@ r"""Faces through a video: read frames, track faces, one identity per track, smo
 * **Detection** on the first frame, every ``detect_every`` frames (new faces) and whenever a track
   is lost; in between each face is cropped from its fitted landmarks of the previous frame
   (:func:`morphable.crop.box_from_landmarks`, the regressor's training crop), as 3DDFA_V2 does, so
-  a frame costs one regressor call (the crop, two shifted crops and their mirror images in one
+  a frame costs one regressor call (the crop, four shifted crops and their mirror images in one
   batch: ``FitConfig.shifted_crops``) and the LM, no detector.
 * **Tracks** keep their ids; detections are matched to tracks by box IoU. A track is lost when the
   regressed face leaves its crop (IoU of the regressed and the cropping box below ``lost_iou``);

@@ -169,6 +169,21 @@ def rotmat_to_angles(R: torch.Tensor) -> torch.Tensor:
     return torch.stack([pitch, yaw, roll], -1)
 
 
+#: AFLW2000-3D's pose MAE counts only faces whose three ground-truth angles all lie within
+#: +-POSE_LIMIT_DEG degrees (FSA-Net's subset, used by every published table): beyond it the
+#: Euler read-out wraps (a pitch of +179 read as -179 is a 358 degree "error").
+POSE_LIMIT_DEG = 99.0
+
+
+def rotation_angle(Ra: torch.Tensor, Rb: torch.Tensor) -> torch.Tensor:
+    """Angle (radians, in [0, pi]) of the rotation ``Ra^T @ Rb`` between two batches of rotation
+    matrices (..., 3, 3) -> (...): the geodesic distance, which needs no Euler convention.
+
+    Computed through the rotation vector, so it is accurate near 0 and near pi.
+    """
+    return rotmat_to_rotvec(Ra.transpose(-1, -2) @ Rb).norm(dim=-1)
+
+
 def project(points: torch.Tensor, R: torch.Tensor, scale: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
     """Weak-perspective projection ``x = s * P @ R @ X + t`` to image pixels (y down).
 

@@ -3,13 +3,15 @@ its validation NME and latency beside the float model in the same run.
 
     python -m regressors.quantize --labels LABELS.npz --weights W.pt --out W.int8.onnx [--calib 256]
 
-The convolutions are quantised (weights uint8 per channel, activations uint8, scales from
-``--calib`` crops of the label file's *training* split, evenly spaced); the linear heads and the
-decoding (de-normalisation, 6D rotation, sigmoid expression range) stay float, so the outputs keep
-sub-pixel resolution. Unsigned weights (U8U8) because onnxruntime's U8S8 kernels can saturate on
-x86 CPUs without VNNI: with signed weights, the r22 twin that scored 3.328 % on the validation
-pipeline on session 21's machine scored 3.439 % on an AVX2-only one (float 3.323 %); U8U8 scores
-3.330 % there (``--recipe``, :data:`RECIPES`; model card, session 22). The file records the SHA-256
+The convolutions are quantised (weights int8 per channel within +-64, i.e. 7 bits, activations
+uint8, scales from ``--calib`` crops of the label file's *training* split, evenly spaced); the linear
+heads and the decoding (de-normalisation, 6D rotation, sigmoid expression range) stay float, so the
+outputs keep sub-pixel resolution. 7-bit weights because onnxruntime's U8S8 kernels can saturate on
+x86 CPUs without VNNI: with full-range signed weights, the r22 twin that scored 3.328 % on the
+validation pipeline on session 21's machine scored 3.439 % on an AVX2-only one (float 3.323 %).
+Unsigned weights (U8U8) avoid it too, but the signed kernels are faster: on that machine the 7-bit
+twin scores 3.332 % against U8U8's 3.330 % and takes 13.0-13.2 ms against 17.2-17.5 ms at batch 6
+on one thread (``--recipe``, :data:`RECIPES`; model card, sessions 22 and 23). The file records the SHA-256
 of the weight file it was made from and the model-frame correction baked into it:
 :func:`regressors.weights.onnx_runtime_for` uses it only when both match the loaded regressor, else
 it exports the float model as before. Whether int8
@@ -47,7 +49,7 @@ def file_sha256(path) -> str:
 RECIPES = {"u8s8": ("QInt8", False), "u8s8-7bit": ("QInt8", True), "u8u8": ("QUInt8", False)}
 
 
-def quantize_static_onnx(regressor, weights_path, calib: np.ndarray, out, recipe: str = "u8u8") -> Path:
+def quantize_static_onnx(regressor, weights_path, calib: np.ndarray, out, recipe: str = "u8s8-7bit") -> Path:
     """Export ``regressor`` (float), quantise its convolutions statically on ``calib`` (N, 3, S, S)
     normalised float32 crops with ``recipe`` (:data:`RECIPES`) and write ``out`` with the provenance
     metadata (:data:`INT8_META`)."""
@@ -102,9 +104,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="int8 ONNX file to write")
     ap.add_argument("--calib", type=int, default=256, help="calibration crops (default 256)")
     ap.add_argument("--report", default=None, help="also write the printed numbers as JSON here")
-    ap.add_argument("--recipe", choices=sorted(RECIPES), default="u8u8",
-                    help="weight type and range (RECIPES): u8u8 (the default), u8s8 (signed weights: can "
-                         "saturate on x86 CPUs without VNNI), u8s8-7bit")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="u8s8-7bit",
+                    help="weight type and range (RECIPES): u8s8-7bit (the default: signed weights within "
+                         "+-64, which do not saturate on x86 CPUs without VNNI), u8u8 (unsigned: as accurate, "
+                         "slower), u8s8 (full-range signed weights: can saturate without VNNI)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     from torch.utils.data import DataLoader

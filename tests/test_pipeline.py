@@ -82,6 +82,8 @@ def test_shifted_crops_must_be_0_2_or_4(shared):
     with pytest.raises(InputError, match="shifted_crops must be 0, 2 or 4"):
         Fitter(FitConfig(threads=1, shifted_crops=3))
     assert Fitter(FitConfig(threads=1, preset="fast")).shifted_crops == 0  # the fast preset stays one crop
+    assert Fitter(FitConfig(threads=1)).shifted_crops == 4  # the main pipeline: all four corners (session 23)
+
 
 def test_lm_uses_the_heads_landmark_definition(fitter):
     from morphable.registry import load_model

@@ -473,8 +473,8 @@ def test_onnx_parity(tmp_path):
 
 @pytest.mark.parametrize("recipe, weight_dtype", [("u8u8", "uint8"), ("u8s8", "int8"), ("u8s8-7bit", "int8")])
 def test_quantize_recipes_write_their_weight_type(tmp_path, recipe, weight_dtype):
-    """Each int8 recipe stores the convolution weights in its own type (U8U8: unsigned, the default,
-    which onnxruntime's x86 kernels do not saturate without VNNI; 7-bit: signed within +-64), records
+    """Each int8 recipe stores the convolution weights in its own type (U8U8: unsigned; 7-bit, the
+    default: signed within +-64; neither saturates onnxruntime's x86 kernels without VNNI), records
     the source file's SHA-256, and stays near the float network on the calibration crops."""
     pytest.importorskip("onnxruntime")
     import onnx

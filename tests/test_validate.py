@@ -22,7 +22,9 @@ def test_balanced_is_the_mean_of_the_bin_means():
 def test_score_pipeline_known_answers(monkeypatch):
     """score_pipeline with a stand-in pipeline that returns the labels moved by known amounts: every
     landmark 3 px to the right in a 60 x 40 px box gives 3 / sqrt(60 * 40) of NME in every bin, and
-    rotations 2 degrees of pitch off give a pitch MAE of 2 and no yaw or roll error."""
+    rotations 2 degrees of pitch off give a pitch MAE of 2 and no yaw or roll error. One face's label
+    pitch is 179 degrees, so its prediction reads -179: the benchmark's +-99 degree rule leaves it out
+    of the pose MAE (else the pitch MAE would be (5 * 2 + 358) / 6), and its geodesic error is 2."""
     from types import SimpleNamespace
 
     import torch
@@ -35,6 +37,7 @@ def test_score_pipeline_known_answers(monkeypatch):
     rng = np.random.default_rng(0)
     yaws = np.array([5.0, -20.0, 40.0, -50.0, 70.0, -80.0])
     ang = np.radians(np.stack([rng.uniform(-10, 10, 6), yaws, rng.uniform(-10, 10, 6)], 1))  # [pitch, yaw, roll]
+    ang[5, 0] = np.radians(179.0)
     gt = np.stack([np.c_[rng.uniform(100, 160, 68), rng.uniform(50, 90, 68)] for _ in range(6)])
     gt[:, 0] = [100, 50]
     gt[:, 1] = [160, 90]  # the box of every face: exactly 60 x 40 px
@@ -64,6 +67,8 @@ def test_score_pipeline_known_answers(monkeypatch):
     np.testing.assert_allclose(r["fit"]["bins"] + [r["fit"]["balanced"]], want, rtol=1e-9)
     pm = r["pose_mae"]
     np.testing.assert_allclose([pm["pitch"], pm["yaw"], pm["roll"], pm["mean"]], [2.0, 0.0, 0.0, 2.0 / 3], atol=1e-9)
+    assert pm["n"] == 5
+    np.testing.assert_allclose([pm["geodesic_mean"], pm["geodesic_median"]], [2.0, 2.0], atol=1e-9)
     # per set: the 3 px shift against the annotation 4 px lower is 5 px; pitch 2 deg high in [0,30]
     for name in "ab":
         v = r["sets"][name]
