@@ -197,6 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"yaw err {y['balanced']:.2f} deg; faces per bin {p['counts']}")
     if a.pipeline is not None:
         from fitting.pipeline import FitConfig
+        from morphable.geometry import POSE_LIMIT_DEG
 
         cfg = FitConfig(**{"weights": a.weights[0], "threads": a.threads, **json.loads(a.pipeline)})
         r = res["pipeline"] = {"config": json.loads(a.pipeline), **score_pipeline(va, model, cfg, a.data_root)}
@@ -204,7 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pm = r["pose_mae"]
         print(f"pipeline {a.pipeline} with {a.weights[0]}: fit {f['balanced']:.3f} ({' / '.join(f'{v:.2f}' for v in f['bins'])}), "
               f"pose MAE pitch / yaw / roll / mean {pm['pitch']:.2f} / {pm['yaw']:.2f} / {pm['roll']:.2f} / {pm['mean']:.3f} deg "
-              f"({pm['n']} faces within +-99 deg), geodesic mean / median {pm['geodesic_mean']:.3f} / {pm['geodesic_median']:.3f} deg")
+              f"({pm['n']} faces within +-{POSE_LIMIT_DEG:g} deg), geodesic mean / median {pm['geodesic_mean']:.3f} / {pm['geodesic_median']:.3f} deg")
         for s, v in r.get("sets", {}).items():
             print(f"  {s:8s} {v['n']:5d} faces: fit NME {v['nme']:.3f} (all label points), annotated points "
                   f"{v.get('annotated', float('nan')):.3f}, pitch bias [0,30] {v['pitch_bias_frontal']:+.2f} deg")
