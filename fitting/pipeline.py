@@ -89,14 +89,13 @@ class FitConfig:
             an AVX2-only CPU): 3.330 % with 2, **3.309 % with 4**, pose MAE 2.741 -> 2.724 deg (faces
             within +-99 deg), 300-W + ytf68 rows 2.041 -> 2.037, aflw21 annotated points 3.549 ->
             3.537; 4 is the default since then (rule in the model card, session 23), shipped with the
-            7-bit twin: 3.313 %, 2.731 deg. Ten crops per
-            face instead of six: 21.5 ms for the 7-bit twin at batch 10 on one thread of that CPU,
-            against 17.2-17.5 ms for six crops with the earlier U8U8 twin. With a re-crop, only the
-            final pass is shifted.
+            7-bit twin: 3.313 %, 2.731 deg. Ten crops per face instead of six: 21.1-22.0 ms for the
+            7-bit twin at batch 10 on one thread of that CPU, against 17.2-17.5 ms for six crops with
+            the earlier U8U8 twin. With a re-crop, only the final pass is shifted.
         int8: on onnxruntime, run the shipped static-int8 twin of the weights (``NAME.int8.onnx``,
             :mod:`regressors.quantize`, 7-bit signed weights, which do not saturate on x86 CPUs
             without VNNI: validation pipeline NME 3.332 % against 3.330 % for unsigned weights and
-            3.323 % float on an AVX2-only CPU, about 1.6x faster than float there at batch 6) when it was made
+            3.323 % float on an AVX2-only CPU, about 1.55x faster than float there at batch 6) when it was made
             from exactly these weights; False: the float export.
         preset: ``"fast"``: the light regressor (``regressors/weights/fast.pt``, about 1 ms per face
             on one core; its model card has its accuracy) unless ``weights`` or ``$MORPHABLE_WEIGHTS``

@@ -10,7 +10,7 @@ outputs keep sub-pixel resolution. 7-bit weights because onnxruntime's U8S8 kern
 x86 CPUs without VNNI: with full-range signed weights, the r22 twin that scored 3.328 % on the
 validation pipeline on session 21's machine scored 3.439 % on an AVX2-only one (float 3.323 %).
 Unsigned weights (U8U8) avoid it too, but the signed kernels are faster: on that machine the 7-bit
-twin scores 3.332 % against U8U8's 3.330 % and takes 13.0-13.2 ms against 17.2-17.5 ms at batch 6
+twin scores 3.332 % against U8U8's 3.330 % and takes 13.0-13.3 ms against 17.2-17.5 ms at batch 6
 on one thread (``--recipe``, :data:`RECIPES`; model card, sessions 22 and 23). The file records the SHA-256
 of the weight file it was made from and the model-frame correction baked into it:
 :func:`regressors.weights.onnx_runtime_for` uses it only when both match the loaded regressor, else

@@ -61,3 +61,15 @@ def assert_close(a, b, atol=1e-6, rtol=0.0, msg=""):
     assert a.shape == b.shape, f"{msg} shape {tuple(a.shape)} != {tuple(b.shape)}"
     err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
     assert torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol), f"{msg} max abs err {err:g}"
+
+
+def int8_conv_weights(path) -> list:
+    """The stored convolution weight arrays (4-D initializers read by a DequantizeLinear node) of a
+    QDQ int8 ONNX file, in their stored dtype."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in g.graph.initializer}
+    return [inits[n.input[0]] for n in g.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4]

@@ -181,11 +181,9 @@ def test_shipped_int8_twins_use_the_default_recipe():
     pytest.importorskip("onnxruntime")
     import inspect
 
-    import onnx
-    from onnx import numpy_helper
-
     from regressors.quantize import RECIPES, quantize_static_onnx
     from regressors.weights import DEFAULT_WEIGHTS, FAST_WEIGHTS
+    from tests.conftest import int8_conv_weights
 
     recipe = inspect.signature(quantize_static_onnx).parameters["recipe"].default
     wtype, reduce_range = RECIPES[recipe]
@@ -194,10 +192,7 @@ def test_shipped_int8_twins_use_the_default_recipe():
         q = w.with_suffix(".int8.onnx")
         if not q.is_file():
             pytest.skip(f"no shipped int8 file {q.name}")
-        g = onnx.load(str(q))
-        inits = {i.name: numpy_helper.to_array(i) for i in g.graph.initializer}
-        conv_w = [inits[n.input[0]] for n in g.graph.node if n.op_type == "DequantizeLinear"
-                  and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+        conv_w = int8_conv_weights(q)
         assert conv_w, q.name
         assert all(a.dtype == np.int8 for a in conv_w), q.name
         assert max(int(np.abs(a.astype(np.int32)).max()) for a in conv_w) <= 64, q.name

@@ -16,7 +16,7 @@ from regressors.data import (CONTOUR_POINTS, DEFAULT_DROP_TARGETS, parse_drop_la
 from regressors.losses import nme
 from regressors.networks import Regressor, RegressorConfig, normalize_crops, rotmat_to_sixd, sixd_to_rotmat
 from regressors.weights import OnnxRegressor, export_onnx, load_regressor, save_regressor
-from tests.conftest import assert_close
+from tests.conftest import assert_close, int8_conv_weights
 
 EXPR_NAMES = ["brow_L", "brow_R", "jawOpen", "mouthLeft", "mouthRight", "eyeBlink_L", "eyeBlink_R"]
 
@@ -478,7 +478,6 @@ def test_quantize_recipes_write_their_weight_type(tmp_path, recipe, weight_dtype
     the source file's SHA-256, and stays near the float network on the calibration crops."""
     pytest.importorskip("onnxruntime")
     import onnx
-    from onnx import numpy_helper
 
     from regressors.quantize import INT8_META, file_sha256, quantize_static_onnx
 
@@ -489,14 +488,11 @@ def test_quantize_recipes_write_their_weight_type(tmp_path, recipe, weight_dtype
     crops = np.random.default_rng(0).integers(0, 256, (8, 120, 120, 3), dtype=np.uint8)
     calib = normalize_crops(crops).numpy()
     out = quantize_static_onnx(reg, w, calib, tmp_path / "w.int8.onnx", recipe=recipe)
-    g = onnx.load(str(out))
-    inits = {i.name: numpy_helper.to_array(i) for i in g.graph.initializer}
-    conv_w = [inits[n.input[0]] for n in g.graph.node if n.op_type == "DequantizeLinear"
-              and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    conv_w = int8_conv_weights(out)
     assert conv_w and all(str(a.dtype) == weight_dtype for a in conv_w)
     if recipe == "u8s8-7bit":
         assert max(int(np.abs(a.astype(np.int32)).max()) for a in conv_w) <= 64
-    meta = {e.key: e.value for e in g.metadata_props}
+    meta = {e.key: e.value for e in onnx.load(str(out)).metadata_props}
     assert meta[INT8_META[0]] == file_sha256(w)
     a, b = reg.predict(crops), OnnxRegressor(out, threads=1).predict(crops)
     assert np.abs(a.landmarks - b.landmarks).mean() < 1.0
